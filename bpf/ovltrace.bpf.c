@@ -1,0 +1,703 @@
+/* ovltrace: attribute upper-filesystem dirtying, writeback, flushes and
+ * writeback errors to overlay mounts, in the kernel.
+ *
+ * Built by bcc against a header tree that ovltrace assembles at run time
+ * (no kernel headers needed).  kernel_layout.h, generated from BTF, gives
+ * OFF_x/SZ_x for every kernel struct member read here, the kernel's flag
+ * values, and HOOK_x for each hook that this kernel supports.
+ *
+ * Hot path (every write): hooks call ovl_resolve(), which costs one
+ * superblock lookup and one inode-cache lookup on a hit; the dentry walk
+ * runs only on a miss.  Counters are per-CPU; only rare things (flushes,
+ * errors) are sent to userspace.
+ */
+#include "kernel_layout.h"
+#include "ovltrace.h"
+
+/* Read a kernel member into an integer variable, zero-extending. */
+#define KREAD(dst, base, M) do {                                              \
+	dst = 0;                                                                  \
+	bpf_probe_read_kernel(&dst, SZ_##M, (void *)(base) + OFF_##M);            \
+} while (0)
+
+/* ---- maps filled by userspace ------------------------------------------ */
+BPF_HASH(upper_devs, u32, struct slot_ref, MAX_UPPER_FS);   /* upper fs s_dev -> its slot */
+BPF_HASH(ovl_devs, u32, struct slot_ref, MAX_SLOTS);        /* overlay sb s_dev -> slot */
+BPF_HASH(dirs, struct dir_key, struct dir_val, MAX_DIRS);   /* upperdir/workdir inodes */
+BPF_ARRAY(slot_gen, u32, MAX_SLOTS);
+BPF_ARRAY(config, u32, 4);                                   /* [0]: epoch of dirs */
+
+/* ---- kernel-side state ------------------------------------------------- */
+struct sb_val { u32 dev; u32 is_upper; u32 epoch; u32 pad; };
+BPF_HASH(sb_filter, u64, struct sb_val, 1024);               /* super_block * -> upper? */
+
+struct icache_val { u64 ino; u32 igen; u32 slot; u32 gen; u32 role; u32 epoch; u32 pad; };
+BPF_TABLE("lru_hash", u64, struct icache_val, icache, ICACHE_SIZE); /* inode * -> owner */
+BPF_TABLE("lru_hash", u64, u64, copyup_seen, 16384);        /* temp inodes counted */
+BPF_TABLE("lru_hash", u64, struct dirty_val, dirty_inodes, DIRTY_SIZE);
+
+BPF_PERCPU_ARRAY(stats, struct ovl_stats, MAX_SLOTS);
+BPF_PERCPU_ARRAY(counters, u64, CNT_NR);
+
+BPF_HASH(flushes, u32, struct flush_state, 4096);           /* tid -> flush */
+BPF_HASH(work_flush, u64, u64, 4096);                        /* wb work * -> flush id */
+BPF_HASH(cur_work, u32, u64, 1024);                          /* flusher tid -> flush id */
+BPF_HASH(flush_last, u64, u64, 4096);                        /* flush id -> last wb ns */
+BPF_ARRAY(global_sync, u64, 1);                              /* id of the sync() running */
+BPF_HASH(victims, struct victim_key, u64, MAX_VICTIMS);     /* flush x slot -> bytes */
+struct pending_ret { struct slot_ref ref; u32 dev; u32 kind; };
+BPF_HASH(ret_pending, u32, struct pending_ret, 4096);        /* tid -> fsync on overlay */
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+static __always_inline void count(u32 idx)
+{
+	u64 *c = counters.lookup(&idx);
+	if (c)
+		(*c)++;
+}
+
+static __always_inline struct ovl_stats *slot_stats(u32 slot)
+{
+	return stats.lookup(&slot);
+}
+
+static __always_inline u32 cur_epoch(void)
+{
+	u32 zero = 0;
+	u32 *e = config.lookup(&zero);
+	return e ? *e : 0;
+}
+
+static __always_inline int slot_alive(u32 slot, u32 gen)
+{
+	u32 *g = slot_gen.lookup(&slot);
+	return g && *g == gen;
+}
+
+/* The owner of an upper-fs inode. */
+struct owner { u32 slot; u32 gen; u32 role; u32 dev; u64 ino; };
+
+/* Which overlay (or which upper fs, outside any overlay) owns `inode`?
+ * Returns 0 when the inode is not on an upper fs we watch. */
+static __always_inline int ovl_resolve(void *inode, struct owner *o)
+{
+	u64 sb = 0;
+	KREAD(sb, inode, inode_i_sb);
+	if (!sb)
+		return 0;
+
+	struct sb_val *sv = sb_filter.lookup(&sb);
+	u32 dev;
+	if (sv && (sv->is_upper || sv->epoch == cur_epoch())) {
+		if (!sv->is_upper)
+			return 0;                     /* the common "not ours" exit */
+		dev = sv->dev;
+	} else {
+		dev = 0;
+		KREAD(dev, sb, super_block_s_dev);
+		struct slot_ref *u = upper_devs.lookup(&dev);
+		struct sb_val nv = { .dev = dev, .is_upper = u ? 1 : 0, .epoch = cur_epoch() };
+		sb_filter.update(&sb, &nv);
+		if (!u)
+			return 0;
+	}
+	o->dev = dev;
+
+	u64 key = (u64)inode;
+	u64 ino = 0;
+	u32 igen = 0;
+	KREAD(ino, inode, inode_i_ino);
+	KREAD(igen, inode, inode_i_generation);
+	o->ino = ino;
+
+	struct icache_val *c = icache.lookup(&key);
+	if (c && c->ino == ino && c->igen == igen) {
+		/* positive hits stay valid while their slot lives; negative
+		 * ones (fs slot) until the set of overlays changes */
+		if (c->role != ROLE_FS ? slot_alive(c->slot, c->gen) : c->epoch == cur_epoch()) {
+			o->slot = c->slot;
+			o->gen = c->gen;
+			o->role = c->role;
+			count(CNT_CACHE_HIT);
+			return 1;
+		}
+	}
+	count(CNT_CACHE_MISS);
+
+	/* Miss: walk inode -> its dentry -> parents until an upperdir or a
+	 * workdir of a known overlay on this fs. */
+	struct slot_ref *fs = upper_devs.lookup(&dev);
+	if (!fs)
+		return 0;
+	o->slot = fs->slot;
+	o->gen = fs->gen;
+	o->role = ROLE_FS;
+
+	u64 first = 0;
+	KREAD(first, inode, inode_i_dentry);
+	if (!first) {
+		count(CNT_WALK_NO_DENTRY);
+		return 1;                          /* unattributed, not cached */
+	}
+	void *dentry = (void *)(first - OFF_dentry_d_alias);
+	u64 dino = ino;
+	int found = 0;
+	struct dir_key dk = { .dev = dev };
+	for (int i = 0; i < OVL_MAX_DEPTH; i++) {
+		dk.ino = dino;
+		struct dir_val *dv = dirs.lookup(&dk);
+		if (dv) {
+			o->slot = dv->slot;
+			o->gen = dv->gen;
+			o->role = dv->role;
+			found = 1;
+			break;
+		}
+		u64 parent = 0;
+		KREAD(parent, dentry, dentry_d_parent);
+		if (!parent || parent == (u64)dentry) {
+			found = 2;                     /* reached the fs root */
+			break;
+		}
+		dentry = (void *)parent;
+		u64 dinode = 0;
+		KREAD(dinode, dentry, dentry_d_inode);
+		if (!dinode)
+			break;
+		KREAD(dino, dinode, inode_i_ino);
+	}
+	if (!found) {
+		count(CNT_WALK_TOO_DEEP);
+		return 1;
+	}
+	/* Temp files in workdir become upper files when copy-up renames them:
+	 * don't cache the workdir answer. */
+	if (o->role != ROLE_WORK) {
+		struct icache_val nv = { .ino = ino, .igen = igen, .slot = o->slot,
+		                         .gen = o->gen, .role = o->role, .epoch = cur_epoch() };
+		icache.update(&key, &nv);
+	}
+	return 1;
+}
+
+static __always_inline void note_copy_up_temp(void *inode, struct owner *o,
+                                              struct ovl_stats *s)
+{
+	u32 mode = 0;
+	KREAD(mode, inode, inode_i_mode);
+	if ((mode & 0170000) != 0100000)      /* regular files only */
+		return;
+	u64 key = (u64)inode;
+	u64 *seen = copyup_seen.lookup(&key);
+	if (seen && *seen == o->ino)
+		return;
+	copyup_seen.update(&key, &o->ino);
+	s->copy_ups++;
+}
+
+/* ---- dirtying ------------------------------------------------------------ */
+
+static __always_inline void on_inode_dirty(void *inode, u64 flags)
+{
+	struct owner o = {};
+	if (!ovl_resolve(inode, &o))
+		return;
+	struct ovl_stats *s = slot_stats(o.slot);
+	if (!s)
+		return;
+	if (flags & K_I_DIRTY_PAGES)
+		s->dirty_calls[DC_PAGES]++;
+	if (flags & K_I_DIRTY_SYNC)
+		s->dirty_calls[DC_SYNC]++;
+	if (flags & K_I_DIRTY_DATASYNC)
+		s->dirty_calls[DC_DATASYNC]++;
+	if (flags & K_I_DIRTY_TIME)
+		s->dirty_calls[DC_TIME]++;
+	if (o.role == ROLE_WORK)
+		note_copy_up_temp(inode, &o, s);
+
+	u64 state = 0;
+	KREAD(state, inode, inode_i_state);
+	if (state & K_I_DIRTY)
+		return;                           /* already dirty */
+	if (!(flags & (K_I_DIRTY_PAGES | K_I_DIRTY_SYNC | K_I_DIRTY_DATASYNC)))
+		return;                           /* lazytime only: not "dirty" yet */
+	s->inodes_dirtied++;
+	u64 key = (u64)inode;
+	struct dirty_val dv = { .slot = o.slot, .gen = o.gen,
+	                        .since_ns = bpf_ktime_get_ns(), .ino = o.ino };
+	if (dirty_inodes.update(&key, &dv))
+		count(CNT_MAP_FULL);
+}
+
+static __always_inline void on_folio_dirty(void *folio, void *mapping)
+{
+	u64 inode = 0;
+	KREAD(inode, mapping, address_space_host);
+	if (!inode)
+		return;
+	struct owner o = {};
+	if (!ovl_resolve((void *)inode, &o))
+		return;
+	struct ovl_stats *s = slot_stats(o.slot);
+	if (!s)
+		return;
+	u64 bytes = K_PAGE_SIZE;
+#ifdef OFF_folio__flags_1
+	u64 fl = 0;
+	KREAD(fl, folio, folio_flags);
+	if (fl & (1UL << K_PG_head)) {        /* a large folio: order in _flags_1 */
+		u64 f1 = 0;
+		KREAD(f1, folio, folio__flags_1);
+		bytes = K_PAGE_SIZE << (f1 & 0xff);
+	}
+#endif
+	s->bytes_dirtied += bytes;
+	if (o.role == ROLE_WORK)
+		s->copy_up_bytes += bytes;
+}
+
+/* ---- flushes: syncfs, sync, umount -------------------------------------- */
+
+static __always_inline void flush_begin(u32 kind, u32 target_dev)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct flush_state st = {};
+	st.start_ns = bpf_ktime_get_ns();
+	st.id = st.start_ns ^ ((u64)tid << 44);   /* unique per call */
+	st.last_ns = st.start_ns;
+	st.kind = kind;
+	st.target_dev = target_dev;
+	st.pid = id >> 32;
+	st.tid = tid;
+	st.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&st.comm, sizeof(st.comm));
+	flushes.update(&tid, &st);
+	if (kind == FLUSH_SYNC) {
+		u32 zero = 0;
+		global_sync.update(&zero, &st.id);
+	}
+}
+
+static __always_inline void emit_flush(struct flush_state *st, s64 ret, u64 end)
+{
+	struct event *e = events.ringbuf_reserve(sizeof(struct event));
+	if (!e) {
+		count(CNT_EVENTS_DROPPED);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = EV_FLUSH;
+	e->kind = st->kind;
+	e->pid = st->pid;
+	e->tid = st->tid;
+	e->dev = st->target_dev;
+	e->err = ret;
+	e->ts_ns = st->start_ns;
+	e->end_ns = end;
+	e->flush_id = st->id;
+	e->cgroup_id = st->cgroup_id;
+	__builtin_memcpy(e->comm, st->comm, COMM_LEN);
+	__builtin_memcpy(e->path, st->path, PATH_LEN);
+	events.ringbuf_submit(e, 0);
+}
+
+static __always_inline void flush_end(s64 ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct flush_state *st = flushes.lookup(&tid);
+	if (!st)
+		return;
+	u64 now = bpf_ktime_get_ns();
+	emit_flush(st, ret, now);
+	if (st->kind == FLUSH_SYNC) {
+		u32 zero = 0;
+		u64 *g = global_sync.lookup(&zero);
+		if (g && *g == st->id)
+			*g = 0;
+	}
+	if (st->kind == FLUSH_UMOUNT) {
+		/* The overlay's superblock is shut down after the syscall returns
+		 * (task work), and that is where the upper fs gets synced: keep
+		 * the flush open for the writeback work this task queues next. */
+		st->exit_ns = now;
+		st->last_ns = now;
+		return;
+	}
+	flushes.delete(&tid);
+}
+
+/* The flush a writeback work queued by the current task belongs to. */
+static __always_inline struct flush_state *current_flush(void)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct flush_state *st = flushes.lookup(&tid);
+	if (!st)
+		return 0;
+	if (st->exit_ns && bpf_ktime_get_ns() - st->last_ns > UMOUNT_TAIL_NS)
+		return 0;                             /* that umount is long done */
+	return st;
+}
+
+static __always_inline void on_wb_queue(void *work)
+{
+	struct flush_state *st = current_flush();
+	if (!st)
+		return;
+	u64 key = (u64)work;
+	work_flush.update(&key, &st->id);
+	st->last_ns = bpf_ktime_get_ns();
+	flush_last.update(&st->id, &st->last_ns);
+	count(CNT_FLUSH_WORKS);
+}
+
+static __always_inline void on_wb_start(void *work)
+{
+	u64 key = (u64)work;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 *fid = work_flush.lookup(&key);
+	if (fid) {
+		cur_work.update(&tid, fid);
+		return;
+	}
+	/* sync(2) first wakes every flusher without queueing a work of its
+	 * own: writeback for reason "sync" while a sync() runs is its. */
+	u32 reason = 0;
+	KREAD(reason, work, wb_writeback_work_reason);
+	if (reason != K_WB_REASON_SYNC)
+		return;
+	u32 zero = 0;
+	u64 *g = global_sync.lookup(&zero);
+	if (g && *g)
+		cur_work.update(&tid, g);
+}
+
+static __always_inline void on_wb_written(void *work)
+{
+	u64 key = (u64)work;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 *fid = work_flush.lookup(&key);
+	if (fid) {
+		u64 now = bpf_ktime_get_ns();
+		flush_last.update(fid, &now);
+		work_flush.delete(&key);
+	}
+	cur_work.delete(&tid);
+}
+
+/* Pages of `inode` written back: count them for its owner and for the
+ * flush that caused them, if any. */
+static __always_inline void on_inode_written(void *inode, u64 pages)
+{
+	struct owner o = {};
+	if (!ovl_resolve(inode, &o))
+		return;
+	struct ovl_stats *s = slot_stats(o.slot);
+	u64 bytes = pages * K_PAGE_SIZE;
+	if (s && pages)
+		s->bytes_written_back += bytes;
+
+	u64 state = 0;
+	KREAD(state, inode, inode_i_state);
+	if (!(state & K_I_DIRTY_ALL)) {
+		u64 key = (u64)inode;
+		dirty_inodes.delete(&key);
+	}
+	if (!pages)
+		return;
+
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 fid = 0;
+	u64 *w = cur_work.lookup(&tid);
+	if (w) {
+		fid = *w;
+	} else {
+		/* writeback in the flushing task's own context */
+		struct flush_state *st = flushes.lookup(&tid);
+		if (st && !st->exit_ns)
+			fid = st->id;
+	}
+	if (!fid)
+		return;
+	struct victim_key vk = { .flush_id = fid, .slot = o.slot, .gen = o.gen };
+	u64 *v = victims.lookup(&vk);
+	if (v) {
+		__sync_fetch_and_add(v, bytes);
+	} else if (victims.update(&vk, &bytes)) {
+		count(CNT_MAP_FULL);
+	}
+}
+
+/* ---- writeback errors ------------------------------------------------- */
+
+static __always_inline void on_wb_error(void *mapping, u32 errseq)
+{
+	u64 inode = 0;
+	KREAD(inode, mapping, address_space_host);
+	if (!inode)
+		return;
+	struct owner o = {};
+	if (!ovl_resolve((void *)inode, &o))
+		return;
+	struct ovl_stats *s = slot_stats(o.slot);
+	if (s)
+		s->wb_errors++;
+	struct event *e = events.ringbuf_reserve(sizeof(struct event));
+	if (!e) {
+		count(CNT_EVENTS_DROPPED);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = EV_WB_ERROR;
+	e->slot = o.slot;
+	e->gen = o.gen;
+	e->dev = o.dev;
+	e->ino = o.ino;
+	e->err = errseq & 0xfff;              /* errseq_t keeps -errno in its low bits */
+	e->ts_ns = bpf_ktime_get_ns();
+	u64 id = bpf_get_current_pid_tgid();
+	e->pid = id >> 32;
+	e->tid = (u32)id;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	events.ringbuf_submit(e, 0);
+}
+
+/* ---- file descriptors -> superblock --------------------------------- */
+
+static __always_inline u32 fd_dev(int fd)
+{
+	void *task = (void *)bpf_get_current_task();
+	u64 files = 0, fdt = 0, fdarr = 0, file = 0, inode = 0, sb = 0;
+	u32 max_fds = 0, dev = 0;
+	KREAD(files, task, task_struct_files);
+	if (!files)
+		return 0;
+	KREAD(fdt, files, files_struct_fdt);
+	if (!fdt)
+		return 0;
+	KREAD(max_fds, fdt, fdtable_max_fds);
+	if (fd < 0 || (u32)fd >= max_fds)
+		return 0;
+	KREAD(fdarr, fdt, fdtable_fd);
+	bpf_probe_read_kernel(&file, sizeof(file), (void *)(fdarr + (u64)fd * 8));
+	if (!file)
+		return 0;
+	KREAD(inode, file, file_f_inode);
+	if (!inode)
+		return 0;
+	KREAD(sb, inode, inode_i_sb);
+	if (!sb)
+		return 0;
+	KREAD(dev, sb, super_block_s_dev);
+	return dev;
+}
+
+static __always_inline void on_syncfs_enter(int fd)
+{
+	u32 dev = fd_dev(fd);
+	struct slot_ref *ov = ovl_devs.lookup(&dev);
+	if (ov && slot_alive(ov->slot, ov->gen)) {
+		struct ovl_stats *s = slot_stats(ov->slot);
+		if (s)
+			s->syncfs_calls++;
+	}
+	flush_begin(FLUSH_SYNCFS, dev);
+}
+
+static __always_inline void on_fsync_enter(int fd, u32 kind)
+{
+	u32 dev = fd_dev(fd);
+	struct slot_ref *ov = ovl_devs.lookup(&dev);
+	if (!ov || !slot_alive(ov->slot, ov->gen))
+		return;
+	struct ovl_stats *s = slot_stats(ov->slot);
+	if (s)
+		s->fsync_calls++;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct pending_ret p = { .ref = *ov, .dev = dev, .kind = kind };
+	ret_pending.update(&tid, &p);
+}
+
+static __always_inline void on_fsync_exit(s64 ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct pending_ret *p = ret_pending.lookup(&tid);
+	if (!p)
+		return;
+	if (ret < 0) {
+		struct ovl_stats *s = slot_stats(p->ref.slot);
+		if (s)
+			s->errors_returned++;
+		struct event *e = events.ringbuf_reserve(sizeof(struct event));
+		if (e) {
+			__builtin_memset(e, 0, sizeof(*e));
+			e->type = EV_ERR_RETURNED;
+			e->kind = p->kind;
+			e->slot = p->ref.slot;
+			e->gen = p->ref.gen;
+			e->dev = p->dev;
+			e->err = -ret;
+			e->ts_ns = bpf_ktime_get_ns();
+			u64 id = bpf_get_current_pid_tgid();
+			e->pid = id >> 32;
+			e->tid = (u32)id;
+			e->cgroup_id = bpf_get_current_cgroup_id();
+			bpf_get_current_comm(&e->comm, sizeof(e->comm));
+			events.ringbuf_submit(e, 0);
+		} else {
+			count(CNT_EVENTS_DROPPED);
+		}
+	}
+	ret_pending.delete(&tid);
+}
+
+static __always_inline void on_syncfs_exit(s64 ret)
+{
+	if (ret < 0) {
+		u32 tid = (u32)bpf_get_current_pid_tgid();
+		struct flush_state *st = flushes.lookup(&tid);
+		if (st) {
+			u32 dev = st->target_dev;
+			struct slot_ref *ov = ovl_devs.lookup(&dev);
+			if (ov && slot_alive(ov->slot, ov->gen)) {
+				struct ovl_stats *s = slot_stats(ov->slot);
+				if (s)
+					s->errors_returned++;
+			}
+		}
+	}
+	flush_end(ret);
+}
+
+/* ==== tracepoint hooks (work on any kernel with these tracepoints) ==== */
+
+#ifdef HOOK_inode_dirty
+RAW_TRACEPOINT_PROBE(writeback_mark_inode_dirty)
+{
+	on_inode_dirty((void *)ctx->args[0], ctx->args[1]);
+	return 0;
+}
+#endif
+
+#ifdef HOOK_folio_dirty
+RAW_TRACEPOINT_PROBE(writeback_dirty_folio)
+{
+	on_folio_dirty((void *)ctx->args[0], (void *)ctx->args[1]);
+	return 0;
+}
+#endif
+
+#ifdef HOOK_writeback
+/* TP_PROTO(struct inode *inode, struct writeback_control *wbc,
+ *          unsigned long nr_to_write): wrote = nr_to_write - wbc->nr_to_write */
+RAW_TRACEPOINT_PROBE(writeback_single_inode)
+{
+	s64 left = 0;
+	KREAD(left, ctx->args[1], writeback_control_nr_to_write);
+	s64 wrote = (s64)ctx->args[2] - left;
+	on_inode_written((void *)ctx->args[0], wrote > 0 ? wrote : 0);
+	return 0;
+}
+
+/* TP_PROTO(struct bdi_writeback *wb, struct wb_writeback_work *work) */
+RAW_TRACEPOINT_PROBE(writeback_queue)
+{
+	on_wb_queue((void *)ctx->args[1]);
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(writeback_start)
+{
+	on_wb_start((void *)ctx->args[1]);
+	return 0;
+}
+
+RAW_TRACEPOINT_PROBE(writeback_written)
+{
+	on_wb_written((void *)ctx->args[1]);
+	return 0;
+}
+#endif
+
+#ifdef HOOK_wb_error
+/* TP_PROTO(struct address_space *mapping, int eseq) */
+RAW_TRACEPOINT_PROBE(filemap_set_wb_err)
+{
+	on_wb_error((void *)ctx->args[0], (u32)ctx->args[1]);
+	return 0;
+}
+#endif
+
+#ifdef HOOK_syncfs
+TRACEPOINT_PROBE(syscalls, sys_enter_syncfs)
+{
+	on_syncfs_enter(args->fd);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_syncfs)
+{
+	on_syncfs_exit(args->ret);
+	return 0;
+}
+#endif
+
+#ifdef HOOK_sync
+TRACEPOINT_PROBE(syscalls, sys_enter_sync)
+{
+	flush_begin(FLUSH_SYNC, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_sync)
+{
+	flush_end(args->ret);
+	return 0;
+}
+#endif
+
+#ifdef HOOK_umount
+TRACEPOINT_PROBE(syscalls, sys_enter_umount)
+{
+	flush_begin(FLUSH_UMOUNT, 0);
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct flush_state *st = flushes.lookup(&tid);
+	if (st)
+		bpf_probe_read_user_str(st->path, sizeof(st->path), (void *)args->name);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_umount)
+{
+	flush_end(args->ret);
+	return 0;
+}
+#endif
+
+#ifdef HOOK_fsync
+TRACEPOINT_PROBE(syscalls, sys_enter_fsync)
+{
+	on_fsync_enter(args->fd, RK_FSYNC);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_fsync)
+{
+	on_fsync_exit(args->ret);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fdatasync)
+{
+	on_fsync_enter(args->fd, RK_FDATASYNC);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_fdatasync)
+{
+	on_fsync_exit(args->ret);
+	return 0;
+}
+#endif

@@ -1,0 +1,79 @@
+/* Structs that both the BPF programs and Python read.
+ * Python mirrors every one of them in ovltrace/bpfdefs.py: change both. */
+#ifndef OVLTRACE_H
+#define OVLTRACE_H
+
+#define OVL_MAX_DEPTH 48      /* dentry levels walked to find an upper/work dir */
+#define COMM_LEN 16
+#define PATH_LEN 128
+
+enum dirty_class { DC_PAGES, DC_SYNC, DC_DATASYNC, DC_TIME, DC_NR };
+enum role { ROLE_NONE = 0, ROLE_UPPER = 1, ROLE_WORK = 2, ROLE_FS = 3 };
+enum flush_kind { FLUSH_SYNCFS = 1, FLUSH_SYNC = 2, FLUSH_UMOUNT = 3 };
+enum event_type { EV_FLUSH = 1, EV_WB_ERROR = 2, EV_ERR_RETURNED = 3 };
+enum ret_kind { RK_SYNCFS = 1, RK_FSYNC = 2, RK_FDATASYNC = 3 };
+
+/* counters[] indexes: the tool's own health, exported as self-metrics */
+enum counter {
+	CNT_EVENTS_DROPPED, CNT_CACHE_HIT, CNT_CACHE_MISS, CNT_WALK_TOO_DEEP,
+	CNT_WALK_NO_DENTRY, CNT_MAP_FULL, CNT_FLUSH_WORKS, CNT_NR = 16
+};
+
+/* Each overlay, and the rest of each upper fs, owns a slot.  A slot is
+ * reused after its overlay goes away, so references carry the slot's
+ * generation and are void when it no longer matches slot_gen[slot]. */
+struct slot_ref { u32 slot; u32 gen; };
+
+struct dir_key { u32 dev; u32 pad; u64 ino; };
+struct dir_val { u32 slot; u32 gen; u32 role; u32 pad; };
+
+struct ovl_stats {              /* per slot, per CPU */
+	u64 dirty_calls[DC_NR];     /* __mark_inode_dirty calls by flag class */
+	u64 inodes_dirtied;         /* clean -> dirty transitions */
+	u64 bytes_dirtied;          /* sizes of folios newly dirtied */
+	u64 bytes_written_back;     /* pages written back x page size */
+	u64 copy_ups;               /* copy-ups (tracepoint path: temp files in workdir) */
+	u64 copy_up_bytes;
+	u64 wb_errors;              /* writeback errors on this slot's inodes */
+	u64 fsync_calls;            /* fsync + fdatasync on files of this overlay */
+	u64 syncfs_calls;           /* syncfs on this overlay */
+	u64 errors_returned;        /* syncfs/fsync/fdatasync that returned < 0 here */
+};
+
+struct dirty_val { u32 slot; u32 gen; u64 since_ns; u64 ino; };
+
+struct flush_state {            /* a flush in progress, per calling thread */
+	u64 id;
+	u64 start_ns;
+	u64 exit_ns;                /* syscall exit; 0 while inside it */
+	u64 last_ns;                /* last writeback work queued/finished for it */
+	u64 cgroup_id;
+	u32 kind;
+	u32 target_dev;             /* s_dev of the fd's sb (syncfs); 0: all */
+	u32 pid;
+	u32 tid;
+	char comm[COMM_LEN];
+	char path[PATH_LEN];        /* umount: the path argument */
+};
+
+struct victim_key { u64 flush_id; u32 slot; u32 gen; };
+
+struct event {
+	u32 type;
+	u32 kind;                   /* flush_kind or ret_kind */
+	u32 pid;
+	u32 tid;
+	u32 slot;
+	u32 gen;
+	u32 dev;
+	s32 err;
+	u64 ts_ns;
+	u64 end_ns;
+	u64 ino;
+	u64 flush_id;
+	u64 cgroup_id;
+	char comm[COMM_LEN];
+	char path[PATH_LEN];
+};
+
+#endif

@@ -1,0 +1,241 @@
+"""Command line: thin wrappers around the session, the model and the views."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+
+import click
+
+from .errors import OvltraceError
+
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    m = DURATION_RE.match(text or "")
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a duration (examples: 10s, 500ms, 2m, 1h)")
+    value = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if value <= 0:
+        raise click.BadParameter("the duration must be more than zero")
+    return value
+
+
+class Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except click.BadParameter as e:
+            self.fail(e.message, param, ctx)
+
+
+def say(msg: str) -> None:
+    print(f"ovltrace: {msg}", file=sys.stderr, flush=True)
+
+
+class Stopper:
+    """SIGINT/SIGTERM end a trace cleanly: the loop notices, prints its
+    result and detaches.  A second signal exits at once (the kernel drops
+    our programs with the process)."""
+
+    def __init__(self):
+        self.stopped = False
+        self.signum = None
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, _frame):
+        if self.stopped:
+            raise SystemExit(128 + signum)
+        self.stopped = True
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def trace_for(session, duration: float | None, stopper: Stopper, on_attached=None,
+              step=None) -> None:
+    """Attach, print the banner, run until the duration has passed or a
+    signal arrived."""
+    session.start()
+    hooks = session.probes.enabled_hooks()
+    n = sum(1 for w in session.watched.values() if w.ov is not None)
+    say(f"tracing {len(hooks)} hooks on {n} overlays"
+        + (f" for {duration:g}s" if duration else "") + "... Ctrl-C to end.")
+    if on_attached:
+        on_attached()
+    end = time.monotonic() + duration if duration else None
+    while not stopper.stopped and (end is None or time.monotonic() < end):
+        timeout = 0.1 if end is None else max(0.0, min(0.1, end - time.monotonic()))
+        session.step(timeout)
+        if step:
+            step()
+
+
+EPILOG_MAIN = """\b
+Examples:
+  ovltrace doctor                       # what this kernel allows, hooks used
+  ovltrace mounts                       # overlays, upper fs, containers
+  ovltrace audit --duration 30s         # who dirties, who flushes whom
+  ovltrace audit -d 10s --format json   # the same as JSON (schema v1)
+  ovltrace demo                         # sandbox containers + live audit
+"""
+
+
+@click.group(epilog=EPILOG_MAIN, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ovltrace")
+def cli():
+    """See which container dirties, flushes and breaks the overlayfs upper
+    filesystem that all containers on a host share."""
+
+
+btf_option = click.option("--btf", metavar="PATH", envvar="OVLTRACE_BTF",
+                          help="BTF file with the kernel's types [env OVLTRACE_BTF; "
+                               "default /sys/kernel/btf/vmlinux].")
+overlay_option = click.option("--overlay", "overlays", multiple=True, metavar="MOUNTPOINT",
+                              help="Trace only this overlay (repeatable).")
+ebpf_option = click.option("--ebpf", is_flag=True, help="Print the BPF program and exit.")
+
+
+@cli.command(epilog="""\b
+Examples:
+  ovltrace doctor                 # on this host
+  ovltrace doctor --btf /tmp/vmlinux.btf
+""")
+@btf_option
+def doctor(btf):
+    """What this kernel allows, and which hook ovltrace uses for what."""
+    from .doctor import run_doctor
+    sys.exit(run_doctor(btf))
+
+
+@cli.command(epilog="""\b
+Examples:
+  ovltrace mounts
+  ovltrace mounts --format json
+""")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@overlay_option
+def mounts(fmt, overlays):
+    """List overlay mounts (all mount namespaces) with upper fs and container."""
+    from tabulate import tabulate
+
+    from .containers import Resolver
+    from .mounts import UnknownOverlayError, discover
+    from .views.common import short_name
+    try:
+        found = discover(only=list(overlays) or None)
+    except UnknownOverlayError as e:
+        raise OvltraceError(str(e)) from None
+    resolver = Resolver()
+    resolver.refresh()
+    items = []
+    for ov in found:
+        d = ov.to_json()
+        c = resolver.for_overlay(ov)
+        d["container"] = c.to_json() if c else None
+        items.append(d)
+    if fmt == "json":
+        click.echo(json.dumps(items, indent=2))
+        return
+    rows = [[(d["container"] or {}).get("name") or short_name(d["mountpoint"], 16),
+             d["mountpoint"] if len(d["mountpoint"]) <= 34 else "…" + d["mountpoint"][-33:],
+             f"{d['upper_dev'] or '-'} {d.get('upper_fstype') or ''}".strip(),
+             ",".join(d["options"]) or "-"] for d in items]
+    click.echo(tabulate(rows, headers=["NAME", "MOUNTPOINT", "UPPER FS", "OPTIONS"],
+                        tablefmt="simple", disable_numparse=True) if rows else "no overlay mounts")
+
+
+@cli.command(epilog="""\b
+Examples:
+  ovltrace audit                         # trace 10s, print a table
+  ovltrace audit -d 1m --format json     # one minute, JSON (schema v1)
+  ovltrace audit --overlay /var/lib/docker/overlay2/ID/merged
+  ovltrace audit --ebpf                  # print the BPF program
+""")
+@click.option("-d", "--duration", type=Duration(), default="10s", show_default=True,
+              help="How long to trace (10s, 500ms, 2m); Ctrl-C ends early.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@overlay_option
+@btf_option
+@ebpf_option
+def audit(duration, fmt, overlays, btf, ebpf):
+    """Trace for a while, then report per overlay: dirtying, writeback,
+    copy-ups, flushes (syncfs, sync, umount) and whose data they wrote back,
+    writeback errors, error leaks and silent data loss."""
+    if ebpf:
+        print_ebpf(btf)
+        return
+    from .session import Session
+    from .views.audit import render
+    with Stopper() as stopper, Session(btf=btf, only=list(overlays) or None) as session:
+        trace_for(session, duration, stopper)
+        model = session.finish()
+    click.echo(render(model.snapshot(), fmt))
+
+
+@cli.command(epilog="""\b
+Examples:
+  ovltrace demo                        # 4 sandbox containers, 10s audit
+  ovltrace demo --inject-errors        # plus a writeback error storm
+  ovltrace demo -n 8 -d 20s --format json
+""")
+@click.option("-n", "--containers", type=click.IntRange(2, 2000), default=4, show_default=True)
+@click.option("-d", "--duration", type=Duration(), default="10s", show_default=True)
+@click.option("--inject-errors", is_flag=True, help="Make one container hit writeback errors.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@btf_option
+def demo(containers, duration, inject_errors, fmt, btf):
+    """Build sandbox containers (overlays on a loop-mounted ext4), run a mix
+    of writers, a syncfs-calling neighbour and a copy-up, and audit them."""
+    from .demo import run_demo
+    sys.exit(run_demo(containers, duration, inject_errors, fmt, btf))
+
+
+def print_ebpf(btf):
+    from .probes import Probes
+    click.echo(Probes(btf).source())
+
+
+def main(argv=None) -> int:
+    if not (sys.argv[1:] if argv is None else argv):
+        click.echo(cli.get_help(click.Context(cli, info_name="ovltrace")))
+        return 0
+    try:
+        cli.main(args=argv, prog_name="ovltrace", standalone_mode=False)
+        return 0
+    except click.UsageError as e:
+        hint = f" (see 'ovltrace {e.ctx.info_name} --help')" if e.ctx and e.ctx.parent else ""
+        say(f"error: {e.format_message()}{hint}")
+        return 2
+    except click.Abort:
+        say("aborted")
+        return 130
+    except OvltraceError as e:
+        say(f"error: {e}")
+        return 1
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""The BPF side as seen from Python: build, attach, feed, read, detach.
+
+`Probes` owns the BPF object.  It knows nothing of containers or reports:
+it is told which upper filesystems and overlays to watch (slots), and
+hands back raw counters per slot and raw rare events.  The session turns
+those into the model.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import bpfdefs
+from .errors import OvltraceError
+from .kernel.btf import BTF, BTFError
+from .kernel.headers import HeaderError, build_tree, remove_tree
+from .kernel.layout import HOOKS, Layout, generate
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+TRACEFS = "/sys/kernel/tracing"
+DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
+
+
+def kdev(major: int, minor: int) -> int:
+    """The kernel's internal dev_t (super_block.s_dev), not userspace's."""
+    return (major << 20) | minor
+
+
+def parse_dev(s: str) -> int:
+    major, minor = s.split(":")
+    return kdev(int(major), int(minor))
+
+
+def format_dev(d: int) -> str:
+    return f"{d >> 20}:{d & 0xFFFFF}"
+
+
+def ensure_tracefs(path: str = TRACEFS) -> None:
+    """Syscall tracepoints need tracefs; mount it if this machine hasn't."""
+    if os.path.isdir(os.path.join(path, "events")):
+        return
+    import subprocess
+    r = subprocess.run(["mount", "-t", "tracefs", "nodev", path], capture_output=True, text=True)
+    if r.returncode != 0 and not os.path.isdir(os.path.join(path, "events")):
+        raise OvltraceError(f"tracefs is not mounted at {path} and mounting it failed: "
+                            f"{r.stderr.strip() or 'mount returned ' + str(r.returncode)}")
+
+
+def load_btf(path: str | None = None) -> BTF:
+    path = path or os.environ.get("OVLTRACE_BTF") or DEFAULT_BTF
+    if not os.path.exists(path):
+        raise OvltraceError(f"BTF not found at {path}: this kernel needs CONFIG_DEBUG_INFO_BTF "
+                            "(or point --btf at a BTF file)")
+    try:
+        btf = BTF.load(path)
+        # overlay as a module has its own (split) BTF
+        mod = "/sys/kernel/btf/overlay"
+        if path == DEFAULT_BTF and os.path.exists(mod):
+            btf = BTF.load(mod, base=btf)
+        return btf
+    except BTFError as e:
+        raise OvltraceError(str(e)) from None
+
+
+@dataclass
+class Limits:
+    """Map sizes; they bound the kernel memory ovltrace takes."""
+    max_slots: int = 4096          # overlays + upper filesystems
+    max_upper_fs: int = 64
+    icache: int = 65536
+    dirty: int = 65536
+    victims: int = 16384
+    ringbuf_pages: int = 64
+    umount_tail_ms: int = 2000
+
+    @classmethod
+    def for_overlays(cls, n: int) -> "Limits":
+        slots = 256
+        while slots < 2 * n + 64:
+            slots *= 2
+        return cls(max_slots=slots)
+
+    def cflags(self) -> list[str]:
+        return [f"-DMAX_SLOTS={self.max_slots}", f"-DMAX_UPPER_FS={self.max_upper_fs}",
+                f"-DMAX_DIRS={2 * self.max_slots}", f"-DICACHE_SIZE={self.icache}",
+                f"-DDIRTY_SIZE={self.dirty}", f"-DMAX_VICTIMS={self.victims}",
+                f"-DRINGBUF_PAGES={self.ringbuf_pages}",
+                f"-DUMOUNT_TAIL_NS={self.umount_tail_ms * 1_000_000}ULL"]
+
+
+@dataclass
+class Hook:
+    name: str
+    what: str
+    mechanism: str | None          # "tracepoint", or None when unavailable
+    reason: str | None = None      # why not available
+
+
+@dataclass
+class RawEvent:
+    type: int
+    kind: int
+    pid: int
+    tid: int
+    slot: int
+    gen: int
+    dev: int
+    err: int
+    ts_ns: int
+    end_ns: int
+    ino: int
+    flush_id: int
+    cgroup_id: int
+    comm: str
+    path: str
+
+
+@dataclass
+class SlotStats:
+    dirty_calls: list[int] = field(default_factory=lambda: [0] * 4)
+    inodes_dirtied: int = 0
+    bytes_dirtied: int = 0
+    bytes_written_back: int = 0
+    copy_ups: int = 0
+    copy_up_bytes: int = 0
+    wb_errors: int = 0
+    fsync_calls: int = 0
+    syncfs_calls: int = 0
+    errors_returned: int = 0
+
+
+class Probes:
+    def __init__(self, btf_path: str | None = None, limits: Limits | None = None,
+                 only_hooks: list[str] | None = None):
+        self.limits = limits or Limits()
+        self.btf = load_btf(btf_path)
+        self.layout: Layout = generate(self.btf, TRACEFS)
+        self.only_hooks = only_hooks
+        self.bpf = None
+        self.events: list[RawEvent] = []
+        self._free_slots = list(range(self.limits.max_slots - 1, 0, -1))  # slot 0 unused
+        self._slot_gen: dict[int, int] = {}
+        self._epoch = 0
+        self.slots_exhausted = 0
+
+    # -- hooks -------------------------------------------------------------
+    def hooks(self) -> list[Hook]:
+        out = []
+        for name, why in self.layout.hooks.items():
+            if self.only_hooks is not None and name not in self.only_hooks and why is None:
+                why = "not requested"
+            out.append(Hook(name, HOOKS[name]["what"], None if why else "tracepoint", why))
+        return out
+
+    def enabled_hooks(self) -> list[str]:
+        return [h.name for h in self.hooks() if h.mechanism]
+
+    def source(self) -> str:
+        """The full BPF program as compiled (what --ebpf prints)."""
+        parts = ["/* ---- kernel_layout.h (generated from BTF) ---- */", self.layout.header,
+                 "/* ---- ovltrace.h ---- */", (BPF_DIR / "ovltrace.h").read_text(),
+                 "/* ---- ovltrace.bpf.c ---- */", (BPF_DIR / "ovltrace.bpf.c").read_text()]
+        return "\n".join(parts)
+
+    def cflags(self, gen_dir: str) -> list[str]:
+        return ([f"-I{gen_dir}", f"-I{BPF_DIR}", "-Wno-macro-redefined"] + self.limits.cflags()
+                + [f"-DHOOK_{h}" for h in self.enabled_hooks()])
+
+    # -- lifecycle ---------------------------------------------------------
+    def attach(self) -> None:
+        if os.geteuid() != 0:
+            raise OvltraceError("tracing needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")
+        ensure_tracefs()
+        self.layout = generate(self.btf, TRACEFS)   # tracepoints are visible now
+        enabled = self.enabled_hooks()
+        if not enabled:
+            reasons = "; ".join(f"{h.name}: {h.reason}" for h in self.hooks())
+            raise OvltraceError(f"no hook can be attached on this kernel ({reasons})")
+        try:
+            tree = build_tree()
+        except HeaderError as e:
+            raise OvltraceError(str(e)) from None
+        try:
+            with open(os.path.join(tree, "kernel_layout.h"), "w") as f:
+                f.write(self.layout.header)
+            os.environ["BCC_KERNEL_SOURCE"] = tree
+            try:
+                from bcc import BPF  # imported late: slow, and not needed for replay
+            except ImportError:
+                raise OvltraceError("the bcc Python module is missing (install python3-bpfcc)") from None
+            try:
+                self.bpf = _quiet_compile(BPF, str(BPF_DIR / "ovltrace.bpf.c"), self.cflags(tree))
+            except Exception as e:  # bcc raises bare Exception
+                raise OvltraceError(f"BPF program failed to load: {str(e).splitlines()[0]}") from None
+        finally:
+            remove_tree(tree)
+        self.bpf["events"].open_ring_buffer(self._on_event)
+        self._set_epoch()
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- slots -------------------------------------------------------------
+    def _alloc_slot(self) -> tuple[int, int] | None:
+        if not self._free_slots:
+            self.slots_exhausted += 1
+            return None
+        slot = self._free_slots.pop()
+        gen = self._slot_gen.get(slot, 0) + 1
+        self._slot_gen[slot] = gen
+        # zero the counters before the slot goes live under its new gen
+        stats = self.bpf["stats"]
+        stats[ctypes.c_int(slot)] = _percpu_zero(stats)
+        self.bpf["slot_gen"][ctypes.c_int(slot)] = ctypes.c_uint32(gen)
+        return slot, gen
+
+    def _free_slot(self, slot: int) -> None:
+        self.bpf["slot_gen"][ctypes.c_int(slot)] = ctypes.c_uint32(0)
+        self._free_slots.append(slot)
+
+    def _set_epoch(self) -> None:
+        self._epoch += 1
+        self.bpf["config"][ctypes.c_int(0)] = ctypes.c_uint32(self._epoch)
+
+    def watch_upper_fs(self, dev: int) -> tuple[int, int] | None:
+        ref = self._alloc_slot()
+        if ref is None:
+            return None
+        t = self.bpf["upper_devs"]
+        t[ctypes.c_uint32(dev)] = t.Leaf(ref[0], ref[1])
+        self._set_epoch()
+        self.bpf["sb_filter"].clear()
+        return ref
+
+    def unwatch_upper_fs(self, dev: int, slot: int) -> None:
+        t = self.bpf["upper_devs"]
+        try:
+            del t[ctypes.c_uint32(dev)]
+        except KeyError:
+            pass
+        self._free_slot(slot)
+        self.bpf["sb_filter"].clear()
+
+    def watch_overlay(self, ovl_dev: int, upper_dev: int, upper_ino: int | None,
+                      work_ino: int | None) -> tuple[int, int] | None:
+        ref = self._alloc_slot()
+        if ref is None:
+            return None
+        slot, gen = ref
+        dirs = self.bpf["dirs"]
+        for ino, role in ((upper_ino, bpfdefs.ROLE_UPPER), (work_ino, bpfdefs.ROLE_WORK)):
+            if ino:
+                dirs[dirs.Key(upper_dev, 0, ino)] = dirs.Leaf(slot, gen, role, 0)
+        od = self.bpf["ovl_devs"]
+        od[ctypes.c_uint32(ovl_dev)] = od.Leaf(slot, gen)
+        self._set_epoch()   # cached "outside any overlay" answers are void now
+        return ref
+
+    def unwatch_overlay(self, ovl_dev: int, upper_dev: int, upper_ino: int | None,
+                        work_ino: int | None, slot: int) -> None:
+        dirs = self.bpf["dirs"]
+        for ino in (upper_ino, work_ino):
+            if ino:
+                k = dirs.Key(upper_dev, 0, ino)
+                v = dirs.get(k)
+                if v is not None and v.slot == slot:
+                    del dirs[k]
+        od = self.bpf["ovl_devs"]
+        v = od.get(ctypes.c_uint32(ovl_dev))
+        if v is not None and v.slot == slot:
+            del od[ctypes.c_uint32(ovl_dev)]
+        self._free_slot(slot)
+
+    # -- reading -------------------------------------------------------------
+    def read_stats(self, slots: list[int]) -> dict[int, SlotStats]:
+        table = self.bpf["stats"]
+        out = {}
+        for slot in slots:
+            per_cpu = table.getvalue(ctypes.c_int(slot))
+            s = SlotStats()
+            for v in per_cpu:
+                for i in range(4):
+                    s.dirty_calls[i] += v.dirty_calls[i]
+                for name in bpfdefs.STAT_FIELDS:
+                    setattr(s, name, getattr(s, name) + getattr(v, name))
+            out[slot] = s
+        return out
+
+    def read_counters(self) -> dict[str, int]:
+        table = self.bpf["counters"]
+        out = {}
+        for i, name in enumerate(bpfdefs.COUNTERS):
+            out[name] = sum(table.getvalue(ctypes.c_int(i)))
+        return out
+
+    def read_dirty_now(self, max_age_ns: int) -> dict[tuple[int, int], int]:
+        """Inodes dirty now per (slot, gen).  Entries older than max_age_ns
+        are dropped: an inode deleted while dirty never reports clean."""
+        now = time.monotonic_ns()
+        table = self.bpf["dirty_inodes"]
+        out: dict[tuple[int, int], int] = {}
+        stale = []
+        for k, v in table.items():
+            if now - v.since_ns > max_age_ns:
+                stale.append(k)
+                continue
+            key = (v.slot, v.gen)
+            out[key] = out.get(key, 0) + 1
+        for k in stale:
+            try:
+                del table[k]
+            except KeyError:
+                pass
+        return out
+
+    def take_victims(self, flush_ids: set[int]) -> dict[int, dict[tuple[int, int], int]]:
+        """Bytes written back per flush and slot, for finished flushes; their
+        entries are removed from the map."""
+        table = self.bpf["victims"]
+        out: dict[int, dict[tuple[int, int], int]] = {}
+        done = []
+        for k, v in table.items():
+            if k.flush_id in flush_ids:
+                out.setdefault(k.flush_id, {})[(k.slot, k.gen)] = v.value
+                done.append(k)
+        for k in done:
+            try:
+                del table[k]
+            except KeyError:
+                pass
+        return out
+
+    def flush_last(self, flush_id: int) -> int | None:
+        v = self.bpf["flush_last"].get(ctypes.c_uint64(flush_id))
+        return None if v is None else v.value
+
+    def forget_flush(self, flush_id: int, tid: int) -> None:
+        try:
+            del self.bpf["flush_last"][ctypes.c_uint64(flush_id)]
+        except KeyError:
+            pass
+        fl = self.bpf["flushes"]
+        v = fl.get(ctypes.c_uint32(tid))
+        if v is not None and v.id == flush_id:
+            try:
+                del fl[ctypes.c_uint32(tid)]
+            except KeyError:
+                pass
+
+    def map_fill(self) -> dict[str, tuple[int, int]]:
+        """(entries, capacity) of the maps that can fill up."""
+        out = {}
+        for name in ("icache", "dirty_inodes", "victims", "dirs", "flushes"):
+            t = self.bpf[name]
+            out[name] = (len(t), t.max_entries)
+        return out
+
+    def poll(self, timeout_ms: int = 0) -> list[RawEvent]:
+        self.bpf.ring_buffer_poll(timeout_ms)
+        ev, self.events = self.events, []
+        return ev
+
+    def _on_event(self, _ctx, data, _size) -> None:
+        e = self.bpf["events"].event(data)
+        self.events.append(RawEvent(
+            e.type, e.kind, e.pid, e.tid, e.slot, e.gen, e.dev, e.err, e.ts_ns, e.end_ns,
+            e.ino, e.flush_id, e.cgroup_id, bytes(e.comm).split(b"\0")[0].decode(errors="replace"),
+            bytes(e.path).split(b"\0")[0].decode(errors="replace")))
+
+
+def _percpu_zero(table):
+    return (table.Leaf * table.total_cpu)()
+
+
+def _quiet_compile(BPF, src_file: str, cflags: list[str]):
+    """Compile with bcc, keeping its compiler chatter off the terminal but
+    returning the first real error line in the exception."""
+    import tempfile
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as err:
+        os.dup2(err.fileno(), 2)
+        try:
+            return BPF(src_file=src_file.encode(), cflags=cflags)
+        except Exception as e:
+            os.dup2(saved, 2)
+            err.seek(0)
+            lines = [l for l in err.read().decode(errors="replace").splitlines() if "error" in l]
+            raise Exception(lines[0] if lines else str(e)) from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

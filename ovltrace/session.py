@@ -1,0 +1,341 @@
+"""A live tracing session: probes + mounts + container identity -> model.
+
+This is the only module that joins the kernel's view (slots, device
+numbers, raw events) with userspace facts (mounts, containers).  Views get
+a `Model` and never see any of this.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from . import bpfdefs
+from .containers import Resolver, cgroup_of_pid
+from .errors import OvltraceError
+from .model import (ContainerRef, Counters, ErrorReturned, Flush, Model, OverlayMeta,
+                    Victim, WbError)
+from .mounts import MountWatcher, Overlay, UnknownOverlayError, discover
+from .probes import Limits, Probes, RawEvent, format_dev, parse_dev
+
+GONE_GRACE = 5.0        # keep a gone overlay's slot this long: its umount flush comes after
+DIRTY_MAX_AGE = 300.0   # an inode "dirty" longer than this was deleted while dirty
+
+
+@dataclass
+class _Watched:
+    key: str
+    slot: int
+    gen: int
+    ov: Overlay | None          # None for an upper fs slot
+    dev: int                    # kernel dev of the overlay sb (or of the upper fs)
+    upper_dev: int
+    gone_since: float | None = None
+
+
+@dataclass
+class _PendingFlush:
+    ev: RawEvent
+    seen: float
+
+
+class Session:
+    def __init__(self, btf: str | None = None, only: list[str] | None = None,
+                 limits: Limits | None = None, refresh_interval: float = 1.0,
+                 resolver: Resolver | None = None, hooks: list[str] | None = None):
+        self.only = [os.path.realpath(p) for p in only] if only else None
+        self.refresh_interval = refresh_interval
+        self.resolver = resolver or Resolver()
+        self._limits = limits
+        self._btf = btf
+        self._hooks = hooks
+        self.probes: Probes | None = None
+        self.mounts = MountWatcher()
+        self.t0 = time.monotonic()
+        self.model = Model(0.0)
+        self.watched: dict[int, _Watched] = {}          # slot -> live or grace
+        self.by_slotgen: dict[tuple[int, int], str] = {}  # every (slot, gen) ever -> key
+        self.upper: dict[int, _Watched] = {}             # upper kernel dev -> its fs slot
+        self.ovl_by_dev: dict[int, _Watched] = {}         # overlay kernel dev -> watched
+        self.pending: list[_PendingFlush] = []
+        self._last_refresh = 0.0
+        self.refresh_seconds = 0.0
+        self.unattributed_events = 0
+
+    # ---- clock -------------------------------------------------------------
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _t(self, ktime_ns: int) -> float:
+        """BPF's bpf_ktime_get_ns() is CLOCK_MONOTONIC."""
+        return ktime_ns / 1e9 - self.t0
+
+    # ---- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        overlays = self._discover_initial()
+        limits = self._limits or Limits.for_overlays(max(len(overlays), 1))
+        self.probes = Probes(self._btf, limits, only_hooks=self._hooks)
+        self.probes.attach()
+        self.t0 = time.monotonic()
+        self.model = Model(0.0)
+        self.model.hooks = [h.__dict__ for h in self.probes.hooks()]
+        self._apply(overlays, [])
+        self._last_refresh = time.monotonic()
+
+    def close(self) -> None:
+        if self.probes is not None:
+            self.probes.close()
+            self.probes = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _discover_initial(self) -> list[Overlay]:
+        try:
+            overlays = discover(only=self.only) if self.only else discover()
+        except UnknownOverlayError as e:
+            raise OvltraceError(str(e)) from None
+        self.mounts.refresh()
+        return [o for o in overlays if self._wanted(o)]
+
+    def _wanted(self, ov: Overlay) -> bool:
+        if ov.upperdir is None or ov.upper_dev is None:
+            return False                      # read-only overlay: nothing to dirty
+        if self.only is None:
+            return True
+        return os.path.realpath(ov.mountpoint) in self.only or ov.mountpoint in self.only
+
+    # ---- mounts -> slots -----------------------------------------------------
+    def _apply(self, added: list[Overlay], removed: list[Overlay]) -> None:
+        now = self.now()
+        for ov in removed:
+            w = self.ovl_by_dev.get(parse_dev(ov.dev))
+            if w and w.ov is not None and w.ov.key == ov.key and w.gone_since is None:
+                w.gone_since = now
+                self.model.gone(w.key, now)
+        for ov in added:
+            if not self._wanted(ov):
+                continue
+            upper_dev = parse_dev(ov.upper_dev)
+            if upper_dev not in self.upper:
+                self._watch_upper(upper_dev, ov)
+            ref = self.probes.watch_overlay(parse_dev(ov.dev), upper_dev, ov.upper_ino, ov.work_ino)
+            if ref is None:
+                continue                      # out of slots: counted in probes
+            slot, gen = ref
+            key = f"o{slot}.{gen}"
+            w = _Watched(key, slot, gen, ov, parse_dev(ov.dev), upper_dev)
+            self.watched[slot] = w
+            self.by_slotgen[(slot, gen)] = key
+            self.ovl_by_dev[w.dev] = w
+            c = self.resolver.for_overlay(ov)
+            self.model.add(OverlayMeta(
+                key=key, kind="overlay", mountpoint=ov.mountpoint, upper_dev=ov.upper_dev,
+                mnt_ns=ov.mnt_ns, upperdir=ov.upperdir, workdir=ov.workdir,
+                options=tuple(ov.options), container=_ref(c), fstype=ov.upper_fstype,
+                dev=ov.dev, first_seen=now))
+
+    def _watch_upper(self, upper_dev: int, ov: Overlay) -> None:
+        ref = self.probes.watch_upper_fs(upper_dev)
+        if ref is None:
+            return
+        slot, gen = ref
+        key = f"fs{slot}.{gen}"
+        w = _Watched(key, slot, gen, None, upper_dev, upper_dev)
+        self.watched[slot] = w
+        self.by_slotgen[(slot, gen)] = key
+        self.upper[upper_dev] = w
+        self.model.add(OverlayMeta(key=key, kind="upperfs", mountpoint=_fs_mountpoint(ov),
+                                   upper_dev=ov.upper_dev, fstype=ov.upper_fstype,
+                                   first_seen=self.now()))
+
+    def _expire(self) -> None:
+        now = self.now()
+        for slot, w in list(self.watched.items()):
+            if w.gone_since is not None and now - w.gone_since > GONE_GRACE:
+                final = self.probes.read_stats([slot])[slot]
+                self.model.counters(now, {w.key: _counters(final)})
+                self.probes.unwatch_overlay(w.dev, w.upper_dev, w.ov.upper_ino, w.ov.work_ino, slot)
+                del self.watched[slot]
+                if self.ovl_by_dev.get(w.dev) is w:
+                    del self.ovl_by_dev[w.dev]
+
+    def refresh_mounts(self) -> None:
+        t = time.monotonic()
+        self.resolver.refresh()
+        added, removed = self.mounts.refresh()
+        self._apply(added, removed)
+        self.refresh_seconds = time.monotonic() - t
+
+    # ---- the loop ------------------------------------------------------------
+    def step(self, timeout: float = 0.1) -> None:
+        """Poll events for up to `timeout`, then bring the model up to date."""
+        for ev in self.probes.poll(int(timeout * 1000)):
+            self._on_event(ev)
+        if time.monotonic() - self._last_refresh >= self.refresh_interval:
+            self._last_refresh = time.monotonic()
+            self.refresh_mounts()
+            self._expire()
+        self.sample()
+
+    def sample(self) -> None:
+        now = self.now()
+        slots = list(self.watched)
+        stats = self.probes.read_stats(slots)
+        self.model.counters(now, {self.watched[s].key: _counters(v) for s, v in stats.items()},
+                            self._dirty_now())
+        self._finish_flushes(final=False)
+        self.model.self_stats = self.self_stats()
+        self.model.tick(now)
+
+    def finish(self) -> Model:
+        """Final read at the end of a session: close pending flushes."""
+        for ev in self.probes.poll(0):
+            self._on_event(ev)
+        self.sample()
+        self._finish_flushes(final=True)
+        return self.model
+
+    def _dirty_now(self) -> dict[str, int]:
+        raw = self.probes.read_dirty_now(int(DIRTY_MAX_AGE * 1e9))
+        return {self.by_slotgen[k]: n for k, n in raw.items() if k in self.by_slotgen}
+
+    def self_stats(self) -> dict:
+        p = self.probes
+        d = dict(p.read_counters())
+        d["map_fill"] = {k: {"entries": n, "capacity": c} for k, (n, c) in p.map_fill().items()}
+        d["slots_exhausted"] = p.slots_exhausted
+        d["overlays_watched"] = sum(1 for w in self.watched.values() if w.ov and w.gone_since is None)
+        d["refresh_seconds"] = round(self.refresh_seconds, 6)
+        return d
+
+    # ---- events --------------------------------------------------------------
+    def _on_event(self, ev: RawEvent) -> None:
+        if ev.type == bpfdefs.EV_FLUSH:
+            self.pending.append(_PendingFlush(ev, self.now()))
+        elif ev.type == bpfdefs.EV_WB_ERROR:
+            key = self.by_slotgen.get((ev.slot, ev.gen))
+            if key is None:
+                self.unattributed_events += 1
+                return
+            self.model.wb_error(WbError(self._t(ev.ts_ns), key, ev.ino, ev.err))
+        elif ev.type == bpfdefs.EV_ERR_RETURNED:
+            key = self.by_slotgen.get((ev.slot, ev.gen))
+            if key is None:
+                self.unattributed_events += 1
+                return
+            self.model.error_returned(ErrorReturned(self._t(ev.ts_ns), key,
+                                                    bpfdefs.RET_KINDS.get(ev.kind, "?"),
+                                                    ev.err, ev.pid, ev.comm))
+
+    def _finish_flushes(self, final: bool) -> None:
+        """syncfs/sync are complete at syscall exit.  An umount's flush runs
+        after it (task work), so it is closed once its writeback went quiet."""
+        if not self.pending:
+            return
+        tail = self.probes.limits.umount_tail_ms / 1000
+        ready, waiting = [], []
+        now_k = time.monotonic_ns()
+        for p in self.pending:
+            ev = p.ev
+            if ev.kind == bpfdefs.FLUSH_UMOUNT and not final:
+                last = self.probes.flush_last(ev.flush_id) or ev.end_ns
+                if (now_k - max(last, ev.end_ns)) / 1e9 < tail:
+                    waiting.append(p)
+                    continue
+            ready.append(p)
+        self.pending = waiting
+        if not ready:
+            return
+        victims = self.probes.take_victims({p.ev.flush_id for p in ready})
+        for p in ready:
+            ev = p.ev
+            end_ns = ev.end_ns
+            if ev.kind == bpfdefs.FLUSH_UMOUNT:
+                last = self.probes.flush_last(ev.flush_id)
+                if last:
+                    end_ns = max(end_ns, last)
+                self.probes.forget_flush(ev.flush_id, ev.tid)
+            f = self._flush(ev, end_ns, victims.get(ev.flush_id, {}))
+            if f is not None:
+                self.model.flush(f)
+
+    def _flush(self, ev: RawEvent, end_ns: int, victims: dict) -> Flush | None:
+        kind = bpfdefs.FLUSH_KINDS.get(ev.kind, "?")
+        target = None
+        upper_dev = None
+        if kind == "syncfs":
+            w = self.ovl_by_dev.get(ev.dev)
+            if w is not None:
+                target, upper_dev = w.key, format_dev(w.upper_dev)
+            elif ev.dev in self.upper:
+                upper_dev = format_dev(ev.dev)
+        elif kind == "umount":
+            w = self._overlay_at(ev.path)
+            if w is not None:
+                target, upper_dev = w.key, format_dev(w.upper_dev)
+        vs = [Victim(self.by_slotgen[k], b) for k, b in victims.items() if k in self.by_slotgen]
+        vs.sort(key=lambda v: -v.bytes_written_back)
+        if kind != "sync" and target is None and upper_dev is None and not vs:
+            return None                       # a flush of some other filesystem
+        container = None
+        if target is not None and self.model.metas[target].container:
+            container = self.model.metas[target].container
+        else:
+            container = _ref(self._container_of_pid(ev.pid))
+        return Flush(kind=kind, pid=ev.pid, tid=ev.tid, comm=ev.comm, start=self._t(ev.ts_ns),
+                     duration=max(0.0, (end_ns - ev.ts_ns) / 1e9), ret=ev.err, target=target,
+                     upper_dev=upper_dev, victims=vs, caller_container=container,
+                     path=ev.path, target_dev=format_dev(ev.dev) if ev.dev else None)
+
+    def _overlay_at(self, path: str) -> _Watched | None:
+        if not path:
+            return None
+        norm = os.path.normpath(path)
+        for w in self.ovl_by_dev.values():
+            if w.ov is not None and os.path.normpath(w.ov.mountpoint) == norm:
+                return w
+        return None
+
+    def _container_of_pid(self, pid: int):
+        try:
+            return self.resolver.for_cgroup(cgroup_of_pid(pid))
+        except (OSError, ValueError):
+            return None
+
+
+def _ref(c) -> ContainerRef | None:
+    if c is None:
+        return None
+    return ContainerRef(c.runtime, c.id, c.name, getattr(c, "pod", None), getattr(c, "namespace", None))
+
+
+def _counters(s) -> Counters:
+    return Counters(
+        inodes_dirtied=s.inodes_dirtied, bytes_dirtied=s.bytes_dirtied,
+        bytes_written_back=s.bytes_written_back, copy_ups=s.copy_ups,
+        copy_up_bytes=s.copy_up_bytes, writeback_errors=s.wb_errors,
+        fsync_calls=s.fsync_calls, syncfs_calls=s.syncfs_calls,
+        errors_returned=s.errors_returned, dirty_calls_pages=s.dirty_calls[0],
+        dirty_calls_sync=s.dirty_calls[1], dirty_calls_datasync=s.dirty_calls[2],
+        dirty_calls_time=s.dirty_calls[3])
+
+
+def _fs_mountpoint(ov: Overlay) -> str:
+    """Best guess at where the upper fs is mounted: the longest mountpoint
+    prefix of upperdir in /proc/self/mountinfo."""
+    best = "/"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                mp = parts[4].replace("\\040", " ")
+                if parts[2] == ov.upper_dev and ov.upperdir and \
+                        (ov.upperdir == mp or ov.upperdir.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
+                    best = mp
+    except OSError:
+        pass
+    return best

@@ -1,0 +1,122 @@
+"""Shared helpers for the live tests: they run the real `ovltrace` command
+against real overlays on loop-mounted filesystems, as root."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OVLTRACE = [sys.executable, "-m", "ovltrace.cli"]
+BANNER = "ovltrace: tracing"
+
+
+def pytest_collection_modifyitems(config, items):
+    # Live tests need root; failing loudly beats skipping silently.
+    if os.geteuid() != 0:
+        for item in items:
+            if "live" in item.keywords:
+                item.add_marker(pytest.mark.xfail(reason="live tests need root", run=False, strict=True))
+
+
+class Trace:
+    """A running `ovltrace <args>` process (audit/record/exporter...)."""
+
+    def __init__(self, args: list[str], env: dict | None = None):
+        self.args = args
+        self.proc = subprocess.Popen(OVLTRACE + args, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.stderr_lines: list[str] = []
+        self._attached = threading.Event()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line.rstrip("\n"))
+            if line.startswith(BANNER):
+                self._attached.set()
+
+    def wait_attached(self, timeout: float = 60) -> None:
+        if not self._attached.wait(timeout):
+            self.proc.kill()
+            raise AssertionError(f"no '{BANNER}' line within {timeout}s; stderr: {self.stderr_lines}")
+
+    def signal(self, sig=signal.SIGINT):
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(5)
+        return self.proc.returncode, out
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.stderr_lines)
+
+
+def audit_json(args: list[str], during=None, duration: str = "3s") -> dict:
+    """Run `ovltrace audit --format json`, call `during()` once the probes
+    are attached, return the parsed report."""
+    t = Trace(["audit", "--format", "json", "-d", duration] + args)
+    t.wait_attached()
+    try:
+        if during:
+            during()
+    except BaseException:
+        t.proc.kill()
+        raise
+    rc, out = t.finish()
+    assert rc == 0, f"ovltrace exited {rc}: {t.stderr}"
+    assert "Traceback" not in t.stderr, t.stderr
+    return json.loads(out)
+
+
+def by_mountpoint(report: dict, mountpoint: str) -> dict:
+    rows = [o for o in report["overlays"] if o["mountpoint"] == mountpoint]
+    assert rows, f"{mountpoint} not in report: {[o['mountpoint'] for o in report['overlays']]}"
+    return rows[-1]
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(cmd, shell=True, check=True)
+
+
+def write_file(path: str, size: int, chunk: int = 65536) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(chunk, left)
+            f.write(b"x" * n)
+            left -= n
+
+
+@pytest.fixture
+def sandbox():
+    from ovltrace.sandbox import Sandbox
+    sb = Sandbox(size_mb=512)
+    try:
+        yield sb
+    finally:
+        sb.close()
+
+
+def our_bpf_programs() -> list[str]:
+    """Names of loaded BPF programs that are ovltrace's (bcc names them
+    after the probe functions)."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise AssertionError(f"bpftool failed: {out.stderr}")
+    progs = json.loads(out.stdout or "[]")
+    ours = ("writeback_", "filemap_set_wb", "sys_enter_sync", "sys_exit_sync", "sys_enter_umou",
+            "sys_exit_umoun", "sys_enter_fsyn", "sys_exit_fsync", "sys_enter_fdat", "sys_exit_fdata",
+            "raw_tracepoint_", "tracepoint__sy", "kfunc__", "kretfunc__", "kprobe__", "kretprobe__")
+    return [p.get("name", "") for p in progs if p.get("name", "").startswith(ours)]
