@@ -170,22 +170,56 @@ Examples:
               help="How long to trace (10s, 500ms, 2m); Ctrl-C ends early.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True)
+@click.option("--from", "source", metavar="FILE",
+              help="Report on a recording (see 'record') instead of tracing.")
 @overlay_option
 @btf_option
 @ebpf_option
-def audit(duration, fmt, overlays, btf, ebpf):
+def audit(duration, fmt, source, overlays, btf, ebpf):
     """Trace for a while, then report per overlay: dirtying, writeback,
     copy-ups, flushes (syncfs, sync, umount) and whose data they wrote back,
     writeback errors, error leaks and silent data loss."""
     if ebpf:
         print_ebpf(btf)
         return
-    from .session import Session
     from .views.audit import render
+    if source:
+        from .recording import load
+        _header, model = load(source)
+        click.echo(render(model.snapshot(), fmt))
+        return
+    from .session import Session
     with Stopper() as stopper, Session(btf=btf, only=list(overlays) or None) as session:
         trace_for(session, duration, stopper)
         model = session.finish()
     click.echo(render(model.snapshot(), fmt))
+
+
+@cli.command(epilog="""\b
+Examples:
+  ovltrace record -o incident.jsonl.gz -d 5m   # record five minutes
+  ovltrace audit --from incident.jsonl.gz      # report on it, anywhere
+""")
+@click.option("-o", "--output", required=True, metavar="FILE",
+              help="Where to write (JSON lines; gzip when it ends in .gz).")
+@click.option("-d", "--duration", type=Duration(), default=None,
+              help="How long to record [default: until Ctrl-C].")
+@overlay_option
+@btf_option
+def record(output, duration, overlays, btf):
+    """Record what the probes see to a file, for 'audit --from' and
+    'top --replay' on any host (no root or BPF needed there)."""
+    from .recording import RecordingWriter
+    from .session import Session
+    writer = RecordingWriter(output)
+    try:
+        with Stopper() as stopper, Session(btf=btf, only=list(overlays) or None) as session:
+            session.sink = writer
+            trace_for(session, duration, stopper)
+            session.finish()
+    finally:
+        writer.close()
+    say(f"wrote {output}")
 
 
 @cli.command(epilog="""\b

@@ -222,20 +222,28 @@ class Model:
         self.self_stats: dict = {}
         self.now = t0
         self.max_samples = 4096     # per overlay; older ones are thinned
+        self.sink = None            # callable(type, payload): a recording listens here
+
+    def _emit(self, kind: str, payload) -> None:
+        if self.sink is not None:
+            self.sink(kind, payload)
 
     # ---- input -----------------------------------------------------------
     def add(self, meta: OverlayMeta) -> None:
+        self._emit("overlay", meta)
         self.metas[meta.key] = meta
         self.samples.setdefault(meta.key, [(meta.first_seen, Counters())])
 
     def gone(self, key: str, t: float) -> None:
         m = self.metas.get(key)
         if m and m.gone_at is None:
+            self._emit("gone", (key, t))
             m.gone_at = t
             self.dirty_now.pop(key, None)
 
     def counters(self, t: float, values: dict[str, Counters],
                  dirty_now: dict[str, int] | None = None) -> None:
+        self._emit("counters", (t, values, dirty_now))
         self.now = max(self.now, t)
         for key, c in values.items():
             s = self.samples.setdefault(key, [])
@@ -249,14 +257,25 @@ class Model:
             self.dirty_now = {k: v for k, v in dirty_now.items() if k in self.metas}
 
     def flush(self, f: Flush) -> None:
+        self._emit("flush", f)
         self.flushes.append(f)
         self.now = max(self.now, f.start + f.duration)
 
     def wb_error(self, e: WbError) -> None:
+        self._emit("wb_error", e)
         self.wb_errors.append(e)
 
     def error_returned(self, e: ErrorReturned) -> None:
+        self._emit("error_returned", e)
         self.errors_returned.append(e)
+
+    def set_self_stats(self, t: float, stats: dict) -> None:
+        self._emit("self", (t, stats))
+        self.self_stats = stats
+
+    def set_hooks(self, hooks: list[dict]) -> None:
+        self._emit("hooks", hooks)
+        self.hooks = hooks
 
     def tick(self, t: float) -> None:
         self.now = max(self.now, t)

@@ -7,6 +7,7 @@ a `Model` and never see any of this.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -58,6 +59,8 @@ class Session:
         self.upper: dict[int, _Watched] = {}             # upper kernel dev -> its fs slot
         self.ovl_by_dev: dict[int, _Watched] = {}         # overlay kernel dev -> watched
         self.pending: list[_PendingFlush] = []
+        self.sink = None                 # a recording's listener, set before start()
+        self.lock = threading.RLock()    # held while the model changes (exporter threads read it)
         self._last_refresh = 0.0
         self.refresh_seconds = 0.0
         self.unattributed_events = 0
@@ -78,7 +81,8 @@ class Session:
         self.probes.attach()
         self.t0 = time.monotonic()
         self.model = Model(0.0)
-        self.model.hooks = [h.__dict__ for h in self.probes.hooks()]
+        self.model.sink = self.sink
+        self.model.set_hooks([dict(h.__dict__) for h in self.probes.hooks()])
         self._apply(overlays, [])
         self._last_refresh = time.monotonic()
 
@@ -173,13 +177,15 @@ class Session:
     # ---- the loop ------------------------------------------------------------
     def step(self, timeout: float = 0.1) -> None:
         """Poll events for up to `timeout`, then bring the model up to date."""
-        for ev in self.probes.poll(int(timeout * 1000)):
-            self._on_event(ev)
-        if time.monotonic() - self._last_refresh >= self.refresh_interval:
-            self._last_refresh = time.monotonic()
-            self.refresh_mounts()
-            self._expire()
-        self.sample()
+        events = self.probes.poll(int(timeout * 1000))
+        with self.lock:
+            for ev in events:
+                self._on_event(ev)
+            if time.monotonic() - self._last_refresh >= self.refresh_interval:
+                self._last_refresh = time.monotonic()
+                self.refresh_mounts()
+                self._expire()
+            self.sample()
 
     def sample(self) -> None:
         now = self.now()
@@ -188,15 +194,17 @@ class Session:
         self.model.counters(now, {self.watched[s].key: _counters(v) for s, v in stats.items()},
                             self._dirty_now())
         self._finish_flushes(final=False)
-        self.model.self_stats = self.self_stats()
+        self.model.set_self_stats(now, self.self_stats())
         self.model.tick(now)
 
     def finish(self) -> Model:
         """Final read at the end of a session: close pending flushes."""
-        for ev in self.probes.poll(0):
-            self._on_event(ev)
-        self.sample()
-        self._finish_flushes(final=True)
+        events = self.probes.poll(0)
+        with self.lock:
+            for ev in events:
+                self._on_event(ev)
+            self.sample()
+            self._finish_flushes(final=True)
         return self.model
 
     def _dirty_now(self) -> dict[str, int]:
