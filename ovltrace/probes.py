@@ -138,6 +138,9 @@ class Probes:
         self.limits = limits or Limits()
         self.btf = load_btf(btf_path)
         self.layout: Layout = generate(self.btf, TRACEFS)
+        if self.layout.missing_core:
+            raise OvltraceError(f"BTF {self.btf.path} lacks what attribution needs "
+                                f"({self.layout.missing_core}): not this kernel's BTF?")
         self.only_hooks = only_hooks
         self.bpf = None
         self.events: list[RawEvent] = []

@@ -7,6 +7,7 @@ as a safety net, at interpreter exit.
 
 Layout under root:
     backing/            tmpfs holding the image (only with backing_tmpfs_mb)
+        filler          fills that tmpfs to the last page (exhaust_backing())
     upper.img           sparse image (or backing/upper.img)
     upper-fs/           the mounted upper filesystem (shared by all overlays)
         <name>/diff     an overlay's upperdir
@@ -17,6 +18,8 @@ Layout under root:
 from __future__ import annotations
 
 import atexit
+import ctypes
+import errno
 import os
 import shutil
 import signal
@@ -87,6 +90,18 @@ def mounts_under(path: str) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
+def syncfs_path(path: str) -> int:
+    """syncfs(2) on a fresh fd of path: 0 or -errno (e.g. -5 for EIO)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syncfs(fd) == 0:
+            return 0
+        return -ctypes.get_errno()
+    finally:
+        os.close(fd)
+
+
 def cgroup2_root() -> str | None:
     """Where cgroup2 is mounted: /sys/fs/cgroup (unified) or .../unified (hybrid)."""
     found = []
@@ -109,10 +124,30 @@ def cgroup_id(path: str) -> int:
 class Sandbox:
     """A loop-backed upper filesystem plus overlay "containers" on top of it."""
 
-    def __init__(self, root: str | None = None, fstype: str = "ext4", size_mb: int = 512,
-                 backing_tmpfs_mb: int | None = None) -> None:
+    def __init__(self, root: str | None = None, fstype: str = "ext4", size_mb: int | None = None,
+                 backing_tmpfs_mb: int | None = None, errors: str | None = None) -> None:
+        """size_mb: image size (default 512, or 64 with errors="leak").
+
+        errors="leak": an upper fs built to make writeback errors deterministic
+        (see error_leak_scenario() in workloads): ext4 without a journal, 4 KiB
+        blocks (one block = one page of the backing tmpfs), mounted
+        errors=continue, image on a backing tmpfs (default 32 MiB). Call
+        exhaust_backing() once the overlays exist: from then on every block
+        of the upper fs that was never written before fails at writeback.
+        """
         if fstype not in ("ext4", "xfs"):
             raise ValueError(f"unsupported fstype {fstype!r} (ext4 or xfs)")
+        if errors not in (None, "leak"):
+            raise ValueError(f"unsupported errors mode {errors!r} (None or 'leak')")
+        if errors == "leak":
+            if fstype != "ext4":
+                raise ValueError("errors='leak' needs fstype='ext4'")
+            if backing_tmpfs_mb is None:
+                backing_tmpfs_mb = 32
+        if size_mb is None:
+            size_mb = 64 if errors == "leak" else 512
+        self.errors = errors
+        self.backing_exhausted = False
         self.fstype = fstype
         self.size_mb = size_mb
         self.backing_tmpfs_mb = backing_tmpfs_mb
@@ -151,7 +186,14 @@ class Sandbox:
         with open(self.image, "wb") as f:
             f.truncate(self.size_mb * MiB)        # sparse
         self.loop_dev = self._attach_loop()
-        if self.fstype == "ext4":
+        if self.errors == "leak":
+            # No journal: metadata goes straight from the bdev page cache to
+            # its final block (no jbd2 checkpoint that could abort the fs).
+            # 4 KiB blocks: a block never shares a tmpfs page with another,
+            # so "never written" means "no page in the tmpfs yet".
+            _run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-b", "4096",
+                  "-E", "lazy_itable_init=0", self.loop_dev], timeout=120)
+        elif self.fstype == "ext4":
             # No lazy init: all metadata is written now, so on a small backing
             # tmpfs only file data (not metadata) can hit the full tmpfs later.
             _run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
@@ -159,7 +201,10 @@ class Sandbox:
         else:
             _run(["mkfs.xfs", "-q", "-f", self.loop_dev], timeout=120)
         os.mkdir(self.upper_fs)
-        _run(["mount", "-t", self.fstype, self.loop_dev, self.upper_fs])
+        mount = ["mount", "-t", self.fstype]
+        if self.errors == "leak":
+            mount += ["-o", "errors=continue"]     # metadata errors must not remount ro
+        _run(mount + [self.loop_dev, self.upper_fs])
         self.upper_dev = self._dev_of(self.upper_fs)
         os.mkdir(self.lower)
 
@@ -217,6 +262,49 @@ class Sandbox:
             f.flush()
             os.fsync(f.fileno())
         return path
+
+    def exhaust_backing(self) -> int:
+        """Fill the backing tmpfs completely; returns the bytes the filler took.
+
+        First syncs the upper fs (so the overlays' dirs made so far are on
+        "disk"; raises if that sync reports an error). Afterwards every write
+        of the loop device to a page of the image that was never written
+        before fails (ENOSPC in the loop driver): new file data fails, and so
+        does new *metadata* (extent-tree blocks, new directory blocks), which
+        ext4 writes through the bdev page cache; that sets AS_EIO on the
+        bdev mapping, which the next sync_blockdev() of the upper fs -- the
+        next syncfs() of any overlay on it -- returns once, as -EIO.
+        Blocks written before (inode tables, bitmaps, superblock, existing
+        dirs) still succeed. Add all overlays before calling this.
+        """
+        if not self.backing_tmpfs_mb:
+            raise RuntimeError("exhaust_backing() needs Sandbox(backing_tmpfs_mb=...)")
+        rc = syncfs_path(self.upper_fs)
+        if rc != 0:
+            raise RuntimeError(f"syncfs({self.upper_fs}) = {rc} before exhausting the backing tmpfs")
+        filled = 0
+        path = os.path.join(self.backing, "filler")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for size in (MiB, 4096):               # big steps, then the last pages
+                block = b"\xa5" * size
+                while True:
+                    try:
+                        n = os.write(fd, block)
+                    except OSError as e:
+                        if e.errno != errno.ENOSPC:
+                            raise
+                        break
+                    filled += n
+                    if n < size:                  # short write: the tmpfs just filled up
+                        break
+        finally:
+            os.close(fd)
+        st = os.statvfs(self.backing)
+        if st.f_bavail != 0:
+            raise RuntimeError(f"backing tmpfs not full after filling: {st.f_bavail} blocks free")
+        self.backing_exhausted = True
+        return filled
 
     def add_overlay(self, name: str, volatile: bool = False, metacopy: bool = False,
                     index: bool = False) -> SandboxOverlay:

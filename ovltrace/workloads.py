@@ -14,11 +14,15 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
 
-from ovltrace.sandbox import Sandbox, SandboxOverlay
+from ovltrace.sandbox import Sandbox, SandboxOverlay, syncfs_path
 
 _PR_SET_PDEATHSIG = 1
 _libc_handle: ctypes.CDLL | None = None
@@ -33,13 +37,7 @@ def _libc() -> ctypes.CDLL:
 
 def syncfs(path: str) -> int:
     """syncfs(2) on a fresh fd of path: 0 or -errno (e.g. -5 for EIO)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc().syncfs(fd) == 0:
-            return 0
-        return -ctypes.get_errno()
-    finally:
-        os.close(fd)
+    return syncfs_path(path)
 
 
 # Shared by all child programs: arguments, deadline, comm name.
@@ -97,15 +95,38 @@ with open(A["relpath"], "ab") as f:
 """
 
 _ERROR_WRITER = r"""
-chunk = os.urandom(1048576)
-with open("lost.dat", "wb") as f:
-    for _ in range(A["total_mb"]):
-        f.write(chunk)
+chunk = os.urandom(A["chunk_kb"] * 1024)
+step = len(chunk) + A["hole_kb"] * 1024       # a hole after each chunk: one extent per chunk
+fd = os.open("lost.dat", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+left, off = A["total_mb"] * 1048576, 0
+while left > 0:
+    view = memoryview(chunk)[:min(left, len(chunk))]
+    left -= len(view)
+    pos = off
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
+    off += step
 # no fsync: writeback fails later, and nobody tells this process
+if A["hold_fd"]:
+    # Keep lost.dat open; on request run syncfs/fsync on this very fd.
+    print("written", flush=True)
+    for line in sys.stdin:
+        op = line.strip()
+        if op == "syncfs":
+            r = libc.syncfs(fd)
+        elif op == "fsync":
+            r = libc.fsync(fd)
+        else:
+            print("bad-op", flush=True)
+            continue
+        print(0 if r == 0 else -ctypes.get_errno(), flush=True)
+os.close(fd)
 """
 
 
-def _spawn(sb: Sandbox, ov: SandboxOverlay, comm: str, code: str, **args: object) -> subprocess.Popen:
+def _spawn(sb: Sandbox, ov: SandboxOverlay, comm: str, code: str, pipes: bool = False,
+           **args: object) -> subprocess.Popen:
     if sb.overlays.get(ov.name) is not ov:
         raise ValueError(f"overlay {ov.name!r} is not mounted in this sandbox")
     cg = sb.cgroups.get(ov.name)
@@ -120,8 +141,10 @@ def _spawn(sb: Sandbox, ov: SandboxOverlay, comm: str, code: str, **args: object
 
     args["comm"] = comm
     proc = subprocess.Popen([sys.executable, "-c", _PRELUDE + code, json.dumps(args)],
-                            cwd=ov.mountpoint, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, start_new_session=True,
+                            cwd=ov.mountpoint,
+                            stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                            text=pipes, bufsize=1 if pipes else -1, start_new_session=True,
                             preexec_fn=in_child)
     sb.track(proc, ov.name)
     return proc
@@ -152,10 +175,120 @@ def copy_up(sb: Sandbox, ov: SandboxOverlay, relpath: str) -> subprocess.Popen:
     return _spawn(sb, ov, "copy-up", _COPY_UP, relpath=relpath)
 
 
-def error_writer(sb: Sandbox, ov: SandboxOverlay, total_mb: int = 100) -> subprocess.Popen:
-    """Write total_mb to lost.dat without fsync, then exit.
+def error_writer(sb: Sandbox, ov: SandboxOverlay, total_mb: int = 100, chunk_kb: int = 1024,
+                 hole_kb: int = 0, hold_fd: bool = False) -> subprocess.Popen:
+    """Write total_mb of data to lost.dat without fsync, in chunk_kb pwrites
+    with a hole of hole_kb after each chunk.
 
-    With Sandbox(backing_tmpfs_mb=...) smaller than that, writeback fails with
-    EIO; the error lands on the upper fs, where other containers' syncfs sees it.
+    With Sandbox(backing_tmpfs_mb=...) smaller than that, writeback fails; the
+    error lands on the upper fs, where other containers' syncfs may see it.
+    Deterministically so with Sandbox(errors="leak") + exhaust_backing() and
+    hole_kb > 0 (every hole starts a new extent, so the file needs extent-tree
+    blocks, i.e. new metadata that fails too): see error_leak_scenario().
+
+    hold_fd=False: exit when written. hold_fd=True: print "written", keep
+    lost.dat open and serve held_fd_call(proc, "syncfs" | "fsync") requests
+    until stdin closes (wait_written() waits for the first line).
     """
-    return _spawn(sb, ov, "error-writer", _ERROR_WRITER, total_mb=total_mb)
+    return _spawn(sb, ov, "error-writer", _ERROR_WRITER, pipes=hold_fd, total_mb=total_mb,
+                  chunk_kb=chunk_kb, hole_kb=hole_kb, hold_fd=hold_fd)
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    if proc.stdout is None:
+        raise ValueError("not a hold_fd=True error_writer")
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else None
+    if not line:
+        what = "no answer" if line is None else f"EOF (exit {proc.poll()})"
+        raise RuntimeError(f"error-writer pid {proc.pid}: {what} within {timeout}s")
+    return line.strip()
+
+
+def wait_written(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Wait until a hold_fd=True error_writer has written all its data."""
+    line = _read_line(proc, timeout)
+    if line != "written":
+        raise RuntimeError(f"error-writer pid {proc.pid}: unexpected {line!r}")
+
+
+def held_fd_call(proc: subprocess.Popen, op: str, timeout: float = 30) -> int:
+    """Have a hold_fd=True error_writer run op ("syncfs" or "fsync") on the fd
+    it wrote lost.dat through; returns 0 or -errno."""
+    if op not in ("syncfs", "fsync"):
+        raise ValueError(f"op must be 'syncfs' or 'fsync', not {op!r}")
+    assert proc.stdin is not None
+    proc.stdin.write(op + "\n")
+    proc.stdin.flush()
+    return int(_read_line(proc, timeout))
+
+
+@dataclass
+class LeakResult:
+    """What each party saw in error_leak_scenario(), in call order.
+
+    Return values are 0 or -errno.
+    """
+    upper_dev: str              # "major:minor" of the shared upper fs
+    b_ino: int                  # upper-fs inode number of B's lost.dat
+    backing_filled: int         # bytes the filler took from the backing tmpfs
+    a_syncfs: int               # A: syncfs on a fresh fd of its overlay (A wrote nothing)
+    b_syncfs_write_fd: int      # B: syncfs through the fd it wrote lost.dat with
+    b_syncfs_fresh_fd: int      # B: syncfs on a fresh fd of its overlay
+    b_fsync: int                # B: fsync of lost.dat (same fd): the only call that tells B
+    upper_syncfs: int           # host: syncfs on a fresh fd of the upper fs itself
+    seconds: float              # wall time of the whole scenario, setup and teardown included
+
+
+def error_leak_scenario(sb_factory: Callable[[], Sandbox] | None = None, total_mb: int = 8,
+                        before_writes: Callable[[Sandbox, SandboxOverlay, SandboxOverlay], None]
+                        | None = None) -> LeakResult:
+    """Deterministic "error leak": B loses data, A's syncfs gets the error.
+
+    Recipe: overlays A and B on one upper fs (default Sandbox(errors="leak"):
+    no-journal ext4 with 4 KiB blocks on a loop device whose image lives on
+    a small tmpfs); sync, then fill that tmpfs to the last page. B writes
+    total_mb in 64 KiB chunks with 4 KiB holes between them (one extent per
+    chunk, so lost.dat needs extent-tree blocks), no fsync, and keeps the fd.
+    Every new block of B's -- data and the extent-tree block -- lies in a
+    never-written part of the sparse image, so its writeback fails: the data
+    pages set wb errors on B's inode (filemap_set_wb_err, -ENOSPC/-EIO), the
+    extent-tree block ("lost async page write") sets AS_EIO on the bdev.
+    Then A calls syncfs() on its overlay: ovl_sync_fs -> sync_filesystem
+    (upper) -> sync_blockdev() returns that -EIO once, so A gets -EIO.
+    B then calls syncfs() (through its write fd, then a fresh fd): 0, since
+    the bdev error was consumed and overlayfs never looks at the upper fs's
+    s_wb_err. Only B's fsync reports the loss.
+
+    before_writes(sb, a, b) runs after setup, right before B writes (e.g. to
+    start a tracer). The sandbox is closed on return.
+    """
+    t0 = time.monotonic()
+    sb = sb_factory() if sb_factory else Sandbox(errors="leak")
+    with sb:
+        a, b = sb.add_overlay("A"), sb.add_overlay("B")
+        filled = sb.exhaust_backing()
+        if before_writes:
+            before_writes(sb, a, b)
+        proc = error_writer(sb, b, total_mb=total_mb, chunk_kb=64, hole_kb=4, hold_fd=True)
+        try:
+            wait_written(proc)
+            b_ino = os.stat(os.path.join(b.upperdir, "lost.dat")).st_ino
+            a_rc = syncfs(a.mountpoint)
+            b_fd_rc = held_fd_call(proc, "syncfs")
+            b_fresh_rc = syncfs(b.mountpoint)
+            b_fsync_rc = held_fd_call(proc, "fsync")
+            upper_rc = syncfs(sb.upper_fs)
+        finally:
+            if proc.stdin:
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass                                   # close() kills it
+            if proc.stdout:
+                proc.stdout.close()
+        upper_dev = sb.upper_dev
+    return LeakResult(upper_dev=upper_dev, b_ino=b_ino, backing_filled=filled, a_syncfs=a_rc,
+                      b_syncfs_write_fd=b_fd_rc, b_syncfs_fresh_fd=b_fresh_rc, b_fsync=b_fsync_rc,
+                      upper_syncfs=upper_rc, seconds=time.monotonic() - t0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import time
 
@@ -98,33 +99,66 @@ def test_copy_up() -> None:
         assert os.path.getsize(os.path.join(sb.lower, "opt/big.bin")) == 8 * MiB
 
 
-def test_writeback_error_lands_on_the_neighbour() -> None:
-    sb = Sandbox(size_mb=256, backing_tmpfs_mb=48)
-    try:
-        image, loop_dev = sb.image, sb.loop_dev
-        a, b = sb.add_overlay("A"), sb.add_overlay("B")
-        # B's writes all "succeed": the loss only happens at writeback.
-        assert workloads.error_writer(sb, b, total_mb=100).wait(timeout=15) == 0
+class _WbErrTrace:
+    """filemap:filemap_set_wb_err events, in a tracefs instance of our own."""
 
-        # A wrote nothing, yet its syncfs flushes B's data. What A sees is the
-        # upper fs's sync_filesystem() result: -EIO when a *metadata* block
-        # (the extent-tree block of B's file) failed to reach the full tmpfs.
-        # That depends on I/O ordering (about half of the runs), hence 0 or -EIO.
-        rc_a = workloads.syncfs(a.mountpoint)
-        assert rc_a in (0, -errno.EIO)
-        # That bdev error is test-and-clear: whoever comes next sees nothing,
-        # including B, whose data was lost.
-        assert workloads.syncfs(b.mountpoint) == 0
-        assert workloads.syncfs(a.mountpoint) == 0
-        # The data writeback error itself (ENOSPC from the loop device) is only
-        # in the upper fs's own errseq: a fresh fd on it sees it, once.
-        assert workloads.syncfs(sb.upper_fs) == -errno.ENOSPC
-        assert workloads.syncfs(sb.upper_fs) == 0
-        st = os.statvfs(sb.backing)
-        assert st.f_bavail == 0                      # the tmpfs really is full
-    finally:
-        sb.close()
-    _assert_cleaned(sb, image, loop_dev)
+    def __init__(self) -> None:
+        self.dir = ""
+
+    def __enter__(self) -> "_WbErrTrace":
+        tracing = "/sys/kernel/tracing"
+        if not os.path.isdir(os.path.join(tracing, "events")):
+            subprocess.run(["mount", "-t", "tracefs", "nodev", tracing], check=True)
+        self.dir = os.path.join(tracing, "instances", f"ovltrace-test-{os.getpid()}-{time.monotonic_ns()}")
+        os.mkdir(self.dir)
+        self._enable("1")
+        return self
+
+    def _enable(self, value: str) -> None:
+        with open(os.path.join(self.dir, "events/filemap/filemap_set_wb_err/enable"), "w") as f:
+            f.write(value)
+
+    def events(self) -> list[tuple[str, int, int]]:
+        """(major:minor, inode, errno) of each event so far."""
+        with open(os.path.join(self.dir, "trace")) as f:
+            return [(m[1], int(m[2], 16), int(m[3], 16) & 0xfff)
+                    for m in re.finditer(r"dev=(\d+:\d+) ino=0x([0-9a-f]+) errseq=0x([0-9a-f]+)", f.read())]
+
+    def __exit__(self, *exc: object) -> None:
+        self._enable("0")
+        os.rmdir(self.dir)
+
+
+def test_writeback_error_lands_on_the_neighbour() -> None:
+    """The error leak, deterministically: B loses data, A's syncfs gets EIO, B's gets 0."""
+    made: list[tuple[Sandbox, str, str]] = []
+
+    def remember(sb: Sandbox, a: object, b: object) -> None:
+        assert sb.backing_exhausted and os.statvfs(sb.backing).f_bavail == 0
+        made.append((sb, sb.image, sb.loop_dev))
+
+    for run in range(3):
+        with _WbErrTrace() as trace:
+            r = workloads.error_leak_scenario(before_writes=remember)
+            events = trace.events()
+        sb, image, loop_dev = made[run]
+        _assert_cleaned(sb, image, loop_dev)
+        assert r.seconds < 5
+        # (1) B's data really failed at writeback: wb errors on its upper inode.
+        # The event carries the errseq from *before* the update (errseq_set()
+        # returns the old value): 0 on an inode's first error, then its errno.
+        b_errs = [e for dev, ino, e in events if dev == r.upper_dev and ino == r.b_ino]
+        assert set(b_errs) - {0}, (r, events[:20])
+        assert set(b_errs) - {0} <= {errno.EIO, errno.ENOSPC}, (r, events[:20])
+        # (2) A wrote nothing, yet its syncfs returns EIO: the failed
+        # extent-tree block of B's file (bdev AS_EIO, returned once)
+        assert r.a_syncfs == -errno.EIO, r
+        # (3) B is told nothing by syncfs, whichever fd it uses
+        assert r.b_syncfs_write_fd == 0, r
+        assert r.b_syncfs_fresh_fd == 0, r
+        # Only fsync on B's own file, or a fresh fd on the upper fs itself
+        # (its s_wb_err: whichever error came last), reveals the loss.
+        assert r.b_fsync < 0 and r.upper_syncfs < 0, r
 
 
 def test_close_kills_workloads() -> None:

@@ -50,6 +50,8 @@ class BTF:
         if magic != BTF_MAGIC:
             raise BTFError(f"{path}: not a BTF file (bad magic {magic:#x})")
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        if hdr_len < 24 or hdr_len > len(data):
+            raise BTFError(f"{path}: corrupt BTF header")
         self._data = data
         self._types_start = hdr_len + type_off
         self._types_end = self._types_start + type_len
@@ -63,7 +65,10 @@ class BTF:
         self._str_total = self._str_base + str_len
         self._offsets: list[int] = []  # byte offset of each type's header
         self._by_name: dict[tuple[int, str], int] = {}
-        self._index()
+        try:
+            self._index()
+        except (struct.error, ValueError, IndexError, UnicodeDecodeError) as e:
+            raise BTFError(f"{path}: corrupt BTF ({e})") from None
 
     # -- loading -----------------------------------------------------------
     @classmethod
@@ -73,7 +78,10 @@ class BTF:
                 data = f.read()
         except OSError as e:
             raise BTFError(f"cannot read BTF {path}: {e.strerror}") from None
-        return cls(data, base, path)
+        try:
+            return cls(data, base, path)
+        except (struct.error, ValueError, IndexError, UnicodeDecodeError) as e:
+            raise BTFError(f"{path}: corrupt BTF ({e})") from None
 
     @property
     def type_count(self) -> int:
@@ -90,7 +98,6 @@ class BTF:
             vlen = info & 0xFFFF
             self._offsets.append(pos)
             if kind in wanted and name_off:
-                key = (KIND_STRUCT if kind == KIND_UNION else kind, self.name_at(name_off))
                 # keep the first definition; later ones are usually duplicates
                 self._by_name.setdefault((kind, self.name_at(name_off)), tid)
             fixed, per = _EXTRA.get(kind, (0, 0))

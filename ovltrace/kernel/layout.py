@@ -81,6 +81,7 @@ class Layout:
     hooks: dict[str, str | None] = field(default_factory=dict)   # hook -> None (ok) or why not
     notes: list[str] = field(default_factory=list)
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    missing_core: str | None = None     # set when even attribution is impossible
 
     @property
     def enabled(self) -> list[str]:
@@ -152,4 +153,6 @@ def generate(btf: BTF, tracefs: str = "/sys/kernel/tracing",
                     why = f"tracepoint {tp} not found"
                     break
         hooks[hook] = why
-    return Layout("\n".join(lines) + "\n", hooks, notes, found)
+    core = [m for m in ATTRIBUTION if m in missing]
+    missing_core = missing[core[0]] if core else None
+    return Layout("\n".join(lines) + "\n", hooks, notes, found, missing_core)

@@ -1,0 +1,80 @@
+"""The BTF reader against this kernel's real BTF, and against garbage."""
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ovltrace.kernel.btf import BTF, BTFError
+from ovltrace.kernel.layout import ATTRIBUTION, MEMBERS, generate
+
+VMLINUX = "/sys/kernel/btf/vmlinux"
+
+
+@pytest.fixture(scope="module")
+def btf():
+    return BTF.load(VMLINUX)
+
+
+def test_offsets_match_kernel_notes(btf):
+    # KERNEL-NOTES measured these on 6.18; members move between kernels,
+    # so only check they are found, consistent and pointer-sized.
+    off, size = btf.offset("inode", "i_sb")
+    assert size == 8 and off % 8 == 0
+    off, size = btf.offset("dentry", "d_u.d_alias")   # inside an anonymous union
+    assert size == 16                                   # an hlist_node
+    assert btf.offset("super_block", "s_dev")[1] == 4
+
+
+def test_member_in_anonymous_union(btf):
+    # i_dentry sits in a union with i_rcu in struct inode
+    assert btf.offset("inode", "i_dentry")[1] == 8
+
+
+def test_enum_values(btf):
+    assert btf.enum_value("WB_REASON_SYNC") == 2
+    with pytest.raises(BTFError):
+        btf.enum_value("NO_SUCH_ENUMERATOR_X")
+
+
+def test_missing_member_is_a_clear_error(btf):
+    with pytest.raises(BTFError, match="no member"):
+        btf.offset("inode", "i_no_such_member")
+    with pytest.raises(BTFError, match="not in BTF"):
+        btf.struct("no_such_struct_xyz")
+
+
+def test_layout_has_every_hook_here(btf):
+    layout = generate(btf, tracefs="/nonexistent")       # no tracefs: hooks say why
+    assert layout.missing_core is None
+    assert all("tracepoint" in why for why in layout.hooks.values())
+    for m in ATTRIBUTION:
+        assert f"#define OFF_{m} " in layout.header
+
+
+def test_layout_disables_hook_when_member_missing(btf, monkeypatch):
+    monkeypatch.setitem(MEMBERS, "file_f_inode", ("file", "f_no_such"))
+    layout = generate(btf, tracefs="/sys/kernel/tracing")
+    assert "f_no_such" in layout.hooks["syncfs"]
+    assert "f_no_such" in layout.hooks["fsync"]
+    assert layout.hooks["sync"] is None or "tracepoint" in layout.hooks["sync"]
+
+
+def test_not_btf(tmp_path):
+    p = tmp_path / "x"
+    p.write_bytes(b"hello world, this is not BTF at all")
+    with pytest.raises(BTFError, match="not a BTF"):
+        BTF.load(str(p))
+    with pytest.raises(BTFError, match="cannot read"):
+        BTF.load(str(tmp_path / "missing"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=400))
+def test_garbage_only_raises_btferror(data):
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(data), len(data), 0)
+    try:
+        b = BTF(header + data + b"\0", path="fuzz")
+        b.find(4, "inode")
+    except BTFError:
+        pass
