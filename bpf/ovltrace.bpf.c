@@ -31,12 +31,25 @@ BPF_ARRAY(config, u32, 4);                                   /* [0]: epoch of di
 struct sb_val { u32 dev; u32 is_upper; u32 epoch; u32 pad; };
 BPF_HASH(sb_filter, u64, struct sb_val, 1024);               /* super_block * -> upper? */
 
-struct icache_val { u64 ino; u32 igen; u32 slot; u32 gen; u32 role; u32 epoch; u32 pad; };
-BPF_TABLE("lru_hash", u64, struct icache_val, icache, ICACHE_SIZE); /* inode * -> owner */
+/* inode * -> owner, as a direct-mapped cache in an array: array lookups
+ * are inlined by the verifier, hash lookups are helper calls that cost
+ * several times more.  A collision only costs a walk. */
+struct icache_ent { u64 inode; u64 ino; u32 igen; u32 slot; u32 gen; u32 role; u32 epoch; u32 dev; u64 check; };
+BPF_ARRAY(icache, struct icache_ent, ICACHE_SIZE);           /* ICACHE_SIZE: a power of 2 */
 BPF_TABLE("lru_hash", u64, u64, copyup_seen, 16384);        /* temp inodes counted */
 BPF_TABLE("lru_hash", u64, struct dirty_val, dirty_inodes, DIRTY_SIZE);
 
 BPF_PERCPU_ARRAY(stats, struct ovl_stats, MAX_SLOTS);
+
+/* Bytes of folios just dirtied, waiting for the __mark_inode_dirty
+ * (I_DIRTY_PAGES) that the kernel calls right after, on the same CPU, for
+ * the same mapping: that hook resolves the owner, so the folio hook need
+ * not.  A few entries per CPU, by mapping, so a preemption in between
+ * rarely mixes two files up; bytes that never find their inode are
+ * counted (CNT_FOLIO_UNMATCHED). */
+#define PENDING_WAYS 4
+struct pending_bytes { u64 mapping; u64 bytes; };
+BPF_PERCPU_ARRAY(folio_pending, struct pending_bytes, PENDING_WAYS);
 BPF_PERCPU_ARRAY(counters, u64, CNT_NR);
 
 BPF_HASH(flushes, u32, struct flush_state, 4096);           /* tid -> flush */
@@ -75,23 +88,72 @@ static __always_inline int slot_alive(u32 slot, u32 gen)
 	return g && *g == gen;
 }
 
-/* The owner of an upper-fs inode. */
-struct owner { u32 slot; u32 gen; u32 role; u32 dev; u64 ino; };
+static __always_inline u32 icache_index(u64 inode)
+{
+	return ((inode >> 4) * 0x9E3779B97F4A7C15ULL) >> 40 & (ICACHE_SIZE - 1);
+}
+
+static __always_inline u64 icache_check(struct icache_ent *c)
+{
+	return c->inode ^ c->ino ^ ((u64)c->igen << 32 | c->slot) ^
+	       ((u64)c->gen << 32 | c->role) ^ ((u64)c->epoch << 32 | c->dev) ^ 0x6f766c7472616365ULL;
+}
+
+/* The owner of an upper-fs inode, and what the hooks need of the inode. */
+struct owner { u32 slot; u32 gen; u32 role; u32 dev; u64 ino; u64 state; u64 mapping; };
+
+/* The inode members of the hot path lie close together: read them with
+ * one helper call instead of four. */
+struct inode_span { u8 b[INODE_SPAN_LEN]; };
+#define SPAN_GET(dst, sp, M) do {                                              \
+	dst = 0;                                                                  \
+	__builtin_memcpy(&dst, &(sp).b[OFF_##M - INODE_SPAN_START], SZ_##M);      \
+} while (0)
 
 /* Which overlay (or which upper fs, outside any overlay) owns `inode`?
  * Returns 0 when the inode is not on an upper fs we watch. */
 static __always_inline int ovl_resolve(void *inode, struct owner *o)
 {
-	u64 sb = 0;
-	KREAD(sb, inode, inode_i_sb);
+	struct inode_span sp;
+	if (bpf_probe_read_kernel(&sp, sizeof(sp), inode + INODE_SPAN_START))
+		return 0;
+	u64 ino, sb, state;
+	u32 igen;
+	SPAN_GET(ino, sp, inode_i_ino);
+	SPAN_GET(igen, sp, inode_i_generation);
+	SPAN_GET(state, sp, inode_i_state);
+	SPAN_GET(o->mapping, sp, inode_i_mapping);
+	o->ino = ino;
+	o->state = state;
+
+	/* Hit: the inode struct is the key; its number and generation prove
+	 * it is still the same file, `check` that no other CPU was halfway
+	 * through rewriting the entry. */
+	u64 key = (u64)inode;
+	u32 idx = icache_index(key);
+	struct icache_ent *c = icache.lookup(&idx);
+	if (c && c->inode == key && c->ino == ino && c->igen == igen && c->check == icache_check(c)) {
+		/* positive answers stay valid while their slot lives; "outside
+		 * any overlay" ones until the set of overlays changes */
+		if (c->role != ROLE_FS ? slot_alive(c->slot, c->gen) : c->epoch == cur_epoch()) {
+			o->slot = c->slot;
+			o->gen = c->gen;
+			o->role = c->role;
+			o->dev = c->dev;
+			return 1;
+		}
+	}
+
+	/* Miss.  Filter by superblock first: most inodes of other
+	 * filesystems leave here. */
+	SPAN_GET(sb, sp, inode_i_sb);
 	if (!sb)
 		return 0;
-
 	struct sb_val *sv = sb_filter.lookup(&sb);
 	u32 dev;
 	if (sv && (sv->is_upper || sv->epoch == cur_epoch())) {
 		if (!sv->is_upper)
-			return 0;                     /* the common "not ours" exit */
+			return 0;
 		dev = sv->dev;
 	} else {
 		dev = 0;
@@ -103,26 +165,6 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 			return 0;
 	}
 	o->dev = dev;
-
-	u64 key = (u64)inode;
-	u64 ino = 0;
-	u32 igen = 0;
-	KREAD(ino, inode, inode_i_ino);
-	KREAD(igen, inode, inode_i_generation);
-	o->ino = ino;
-
-	struct icache_val *c = icache.lookup(&key);
-	if (c && c->ino == ino && c->igen == igen) {
-		/* positive hits stay valid while their slot lives; negative
-		 * ones (fs slot) until the set of overlays changes */
-		if (c->role != ROLE_FS ? slot_alive(c->slot, c->gen) : c->epoch == cur_epoch()) {
-			o->slot = c->slot;
-			o->gen = c->gen;
-			o->role = c->role;
-			count(CNT_CACHE_HIT);
-			return 1;
-		}
-	}
 	count(CNT_CACHE_MISS);
 
 	/* Miss: walk inode -> its dentry -> parents until an upperdir or a
@@ -173,10 +215,16 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	}
 	/* Temp files in workdir become upper files when copy-up renames them:
 	 * don't cache the workdir answer. */
-	if (o->role != ROLE_WORK) {
-		struct icache_val nv = { .ino = ino, .igen = igen, .slot = o->slot,
-		                         .gen = o->gen, .role = o->role, .epoch = cur_epoch() };
-		icache.update(&key, &nv);
+	if (o->role != ROLE_WORK && c) {
+		c->inode = key;
+		c->ino = ino;
+		c->igen = igen;
+		c->slot = o->slot;
+		c->gen = o->gen;
+		c->role = o->role;
+		c->epoch = cur_epoch();
+		c->dev = dev;
+		c->check = icache_check(c);
 	}
 	return 1;
 }
@@ -198,14 +246,66 @@ static __always_inline void note_copy_up_temp(void *inode, struct owner *o,
 
 /* ---- dirtying ------------------------------------------------------------ */
 
+static __always_inline u32 pending_way(u64 mapping)
+{
+	return (mapping >> 6) & (PENDING_WAYS - 1);
+}
+
+static __always_inline void on_folio_dirty(void *folio, void *mapping)
+{
+	u64 bytes = K_PAGE_SIZE;
+#ifdef OFF_folio__flags_1
+	/* flags and _flags_1 (the order of a large folio) in one read */
+	struct { u64 w[OFF_folio__flags_1 / 8 + 1]; } f;
+	if (bpf_probe_read_kernel(&f, sizeof(f), folio) == 0 &&
+	    (f.w[OFF_folio_flags / 8] & (1UL << K_PG_head)))
+		bytes = K_PAGE_SIZE << (f.w[OFF_folio__flags_1 / 8] & 0xff);
+#endif
+	u32 way = pending_way((u64)mapping);
+	struct pending_bytes *p = folio_pending.lookup(&way);
+	if (!p)
+		return;
+	if (p->mapping == (u64)mapping) {
+		p->bytes += bytes;
+		return;
+	}
+	if (p->bytes)
+		count(CNT_FOLIO_UNMATCHED);
+	p->mapping = (u64)mapping;
+	p->bytes = bytes;
+}
+
+/* Called from the inode dirty hook: the bytes of the folios that made
+ * this I_DIRTY_PAGES call, if any. */
+static __always_inline u64 take_pending_bytes(u64 mapping)
+{
+	u32 way = pending_way(mapping);
+	struct pending_bytes *p = folio_pending.lookup(&way);
+	if (!p || p->mapping != mapping)
+		return 0;
+	u64 bytes = p->bytes;
+	p->bytes = 0;
+	p->mapping = 0;
+	return bytes;
+}
+
 static __always_inline void on_inode_dirty(void *inode, u64 flags)
 {
 	struct owner o = {};
-	if (!ovl_resolve(inode, &o))
+	int ours = ovl_resolve(inode, &o);
+	u64 bytes = 0;
+	if ((flags & K_I_DIRTY_PAGES) && o.mapping)
+		bytes = take_pending_bytes(o.mapping);   /* always taken: keeps the table clean */
+	if (!ours)
 		return;
 	struct ovl_stats *s = slot_stats(o.slot);
 	if (!s)
 		return;
+	if (bytes) {
+		s->bytes_dirtied += bytes;
+		if (o.role == ROLE_WORK)
+			s->copy_up_bytes += bytes;
+	}
 	if (flags & K_I_DIRTY_PAGES)
 		s->dirty_calls[DC_PAGES]++;
 	if (flags & K_I_DIRTY_SYNC)
@@ -217,9 +317,7 @@ static __always_inline void on_inode_dirty(void *inode, u64 flags)
 	if (o.role == ROLE_WORK)
 		note_copy_up_temp(inode, &o, s);
 
-	u64 state = 0;
-	KREAD(state, inode, inode_i_state);
-	if (state & K_I_DIRTY)
+	if (o.state & K_I_DIRTY)
 		return;                           /* already dirty */
 	if (!(flags & (K_I_DIRTY_PAGES | K_I_DIRTY_SYNC | K_I_DIRTY_DATASYNC)))
 		return;                           /* lazytime only: not "dirty" yet */
@@ -229,33 +327,6 @@ static __always_inline void on_inode_dirty(void *inode, u64 flags)
 	                        .since_ns = bpf_ktime_get_ns(), .ino = o.ino };
 	if (dirty_inodes.update(&key, &dv))
 		count(CNT_MAP_FULL);
-}
-
-static __always_inline void on_folio_dirty(void *folio, void *mapping)
-{
-	u64 inode = 0;
-	KREAD(inode, mapping, address_space_host);
-	if (!inode)
-		return;
-	struct owner o = {};
-	if (!ovl_resolve((void *)inode, &o))
-		return;
-	struct ovl_stats *s = slot_stats(o.slot);
-	if (!s)
-		return;
-	u64 bytes = K_PAGE_SIZE;
-#ifdef OFF_folio__flags_1
-	u64 fl = 0;
-	KREAD(fl, folio, folio_flags);
-	if (fl & (1UL << K_PG_head)) {        /* a large folio: order in _flags_1 */
-		u64 f1 = 0;
-		KREAD(f1, folio, folio__flags_1);
-		bytes = K_PAGE_SIZE << (f1 & 0xff);
-	}
-#endif
-	s->bytes_dirtied += bytes;
-	if (o.role == ROLE_WORK)
-		s->copy_up_bytes += bytes;
 }
 
 /* ---- flushes: syncfs, sync, umount -------------------------------------- */
@@ -399,9 +470,7 @@ static __always_inline void on_inode_written(void *inode, u64 pages)
 	if (s && pages)
 		s->bytes_written_back += bytes;
 
-	u64 state = 0;
-	KREAD(state, inode, inode_i_state);
-	if (!(state & K_I_DIRTY_ALL)) {
+	if (!(o.state & K_I_DIRTY_ALL)) {
 		u64 key = (u64)inode;
 		dirty_inodes.delete(&key);
 	}
@@ -432,8 +501,12 @@ static __always_inline void on_inode_written(void *inode, u64 pages)
 
 /* ---- writeback errors ------------------------------------------------- */
 
-static __always_inline void on_wb_error(void *mapping, u32 errseq)
+static __always_inline void on_wb_error(void *mapping)
 {
+	/* The tracepoint passes errseq_set()'s return value, which is the
+	 * value BEFORE the error: read the new one from the mapping. */
+	u32 errseq = 0;
+	KREAD(errseq, mapping, address_space_wb_err);
 	u64 inode = 0;
 	KREAD(inode, mapping, address_space_host);
 	if (!inode)
@@ -625,7 +698,7 @@ RAW_TRACEPOINT_PROBE(writeback_written)
 /* TP_PROTO(struct address_space *mapping, int eseq) */
 RAW_TRACEPOINT_PROBE(filemap_set_wb_err)
 {
-	on_wb_error((void *)ctx->args[0], (u32)ctx->args[1]);
+	on_wb_error((void *)ctx->args[0]);
 	return 0;
 }
 #endif

@@ -5,7 +5,7 @@ FLUSH_SYNCFS, FLUSH_SYNC, FLUSH_UMOUNT = 1, 2, 3
 FLUSH_KINDS = {FLUSH_SYNCFS: "syncfs", FLUSH_SYNC: "sync", FLUSH_UMOUNT: "umount"}
 EV_FLUSH, EV_WB_ERROR, EV_ERR_RETURNED = 1, 2, 3
 RET_KINDS = {1: "syncfs", 2: "fsync", 3: "fdatasync"}
-COUNTERS = ["events_dropped", "cache_hits", "cache_misses", "walk_too_deep",
-            "walk_no_dentry", "map_full", "flush_works"]
+COUNTERS = ["events_dropped", "cache_misses", "walk_too_deep",
+            "walk_no_dentry", "map_full", "flush_works", "folio_bytes_unmatched"]
 STAT_FIELDS = ["inodes_dirtied", "bytes_dirtied", "bytes_written_back", "copy_ups",
                "copy_up_bytes", "wb_errors", "fsync_calls", "syncfs_calls", "errors_returned"]

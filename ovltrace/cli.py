@@ -241,6 +241,83 @@ def demo(containers, duration, inject_errors, fmt, btf):
     sys.exit(run_demo(containers, duration, inject_errors, fmt, btf))
 
 
+@cli.command(epilog="""\b
+Examples:
+  ovltrace top                          # full screen, refresh every 1s
+  ovltrace top -d 2 --sort dirty        # every 2s, biggest dirtier first
+  ovltrace top -b -n 5 > top.log        # five plain text frames
+  ovltrace top --replay incident.jsonl.gz   # a recording, at its pace
+\b
+Keys: arrows/jk move, s < > sort, / filter, space/p pause, y syncfs log,
+x interference, e errors, Enter detail, ? help, q quit.
+""")
+@click.option("-d", "--delay", type=Duration(), default="1s", show_default=True,
+              help="Seconds between refreshes (1, 0.5, 2s).")
+@click.option("-b", "--batch", is_flag=True, help="Plain text frames on stdout, like top -b.")
+@click.option("-n", "--iterations", type=click.IntRange(1), default=None,
+              help="Stop after this many frames.")
+@click.option("--replay", metavar="FILE", help="Show a recording (see 'record') instead.")
+@click.option("--sort", type=click.Choice(["name", "inodes", "dirty", "wback", "copyups", "syncfs",
+                                           "stall", "others", "errors"], case_sensitive=False),
+              default="stall", show_default=True, help="Initial sort column.")
+@overlay_option
+@btf_option
+@ebpf_option
+def top(delay, batch, iterations, replay, sort, overlays, btf, ebpf):
+    """Live per-container view of the shared upper filesystem: who dirties
+    it, whose syncfs stalls whom, who got someone else's EIO."""
+    if ebpf:
+        print_ebpf(btf)
+        return
+    from .views.topui import run_top
+    run_top(delay, batch, iterations, replay, list(overlays), btf, sort.lower())
+
+
+@cli.command(epilog="""\b
+Examples:
+  ovltrace exporter                             # http://localhost:19435/metrics
+  ovltrace exporter --web.listen-address :19435 # all interfaces
+  ovltrace exporter --top-n 20 --labels container,pod,namespace,device
+  ovltrace exporter --bpf-stats                 # + BPF cost per event
+  curl -s localhost:19435/metrics | grep ^ovltrace_overlay_dirtied
+""")
+@click.option("--web.listen-address", "listen", default="localhost:19435", show_default=True,
+              metavar="HOST:PORT", help="Where to serve (':19435' = all interfaces).")
+@click.option("--web.telemetry-path", "telemetry_path", default="/metrics", show_default=True,
+              metavar="PATH", help="Path of the metrics page.")
+@click.option("--labels", default="container,container_id,pod,namespace,runtime,mountpoint,device",
+              show_default=True, metavar="LIST",
+              help="Overlay labels to keep (container and device always stay).")
+@click.option("--top-n", type=click.IntRange(1), default=100, show_default=True,
+              help="Overlays with series of their own; the rest fold into container=\"other\".")
+@click.option("--pair-limit", type=click.IntRange(1), default=1000, show_default=True,
+              help="Caller/victim pairs with series of their own.")
+@click.option("--series-limit", type=click.IntRange(100), default=20000, show_default=True,
+              help="Hard cap on samples per scrape.")
+@click.option("--rank-interval", type=Duration(), default="60s", show_default=True,
+              help="How often the top-N overlays are re-chosen.")
+@click.option("--gone-ttl", type=Duration(), default="60s", show_default=True,
+              help="Keep an unmounted overlay's series this long (at least 10s).")
+@click.option("--bpf-stats", is_flag=True,
+              help="Set kernel.bpf_stats_enabled=1 while running (BPF cost per event).")
+@click.option("-d", "--duration", type=Duration(), default=None,
+              help="Stop after this long [default: until Ctrl-C].")
+@overlay_option
+@btf_option
+def exporter(listen, telemetry_path, labels, top_n, pair_limit, series_limit, rank_interval,
+             gone_ttl, bpf_stats, duration, overlays, btf):
+    """Serve Prometheus metrics: per-container dirtying, writeback, flush
+    interference, error leaks and silent losses, plus the exporter's cost."""
+    from .views.exporter import ExporterConfig, run_exporter
+    try:
+        config = ExporterConfig(tuple(l.strip() for l in labels.split(",") if l.strip()),
+                                top_n, pair_limit, series_limit, rank_interval, max(10.0, gone_ttl))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--labels") from None
+    sys.exit(run_exporter(listen, telemetry_path, config, list(overlays) or None, btf, bpf_stats,
+                          duration))
+
+
 def print_ebpf(btf):
     from .probes import Probes
     click.echo(Probes(btf).source())

@@ -70,7 +70,7 @@ class Limits:
     """Map sizes; they bound the kernel memory ovltrace takes."""
     max_slots: int = 4096          # overlays + upper filesystems
     max_upper_fs: int = 64
-    icache: int = 65536
+    icache: int = 65536            # a power of 2
     dirty: int = 65536
     victims: int = 16384
     ringbuf_pages: int = 64
@@ -366,7 +366,7 @@ class Probes:
     def map_fill(self) -> dict[str, tuple[int, int]]:
         """(entries, capacity) of the maps that can fill up."""
         out = {}
-        for name in ("icache", "dirty_inodes", "victims", "dirs", "flushes"):
+        for name in ("dirty_inodes", "victims", "dirs", "flushes"):
             t = self.bpf[name]
             out[name] = (len(t), t.max_entries)
         return out

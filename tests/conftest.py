@@ -44,9 +44,11 @@ class Trace:
             self.stderr_lines.append(line.rstrip("\n"))
             if line.startswith(BANNER):
                 self._attached.set()
+        self._attached.set()          # exited: wake the waiter
 
     def wait_attached(self, timeout: float = 60) -> None:
-        if not self._attached.wait(timeout):
+        self._attached.wait(timeout)
+        if not any(l.startswith(BANNER) for l in self.stderr_lines):
             self.proc.kill()
             raise AssertionError(f"no '{BANNER}' line within {timeout}s; stderr: {self.stderr_lines}")
 

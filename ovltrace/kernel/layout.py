@@ -19,11 +19,13 @@ MEMBERS: dict[str, tuple[str, str]] = {
     "inode_i_state": ("inode", "i_state"),
     "inode_i_mode": ("inode", "i_mode"),
     "inode_i_dentry": ("inode", "i_dentry"),
+    "inode_i_mapping": ("inode", "i_mapping"),
     "dentry_d_parent": ("dentry", "d_parent"),
     "dentry_d_inode": ("dentry", "d_inode"),
     "dentry_d_alias": ("dentry", "d_u.d_alias"),
     "super_block_s_dev": ("super_block", "s_dev"),
     "address_space_host": ("address_space", "host"),
+    "address_space_wb_err": ("address_space", "wb_err"),
     "folio_flags": ("folio", "flags"),
     "folio__flags_1": ("folio", "_flags_1"),
     "writeback_control_nr_to_write": ("writeback_control", "nr_to_write"),
@@ -37,7 +39,11 @@ MEMBERS: dict[str, tuple[str, str]] = {
 # Members whose absence degrades a hook instead of disabling it.
 OPTIONAL = {"folio__flags_1"}  # without it, every folio counts as one page
 
-ATTRIBUTION = ["inode_i_sb", "inode_i_ino", "inode_i_generation", "inode_i_dentry",
+# read in one go on the hot path (see INODE_SPAN in the BPF code)
+INODE_SPAN = ["inode_i_sb", "inode_i_ino", "inode_i_generation", "inode_i_state", "inode_i_mapping"]
+MAX_SPAN = 256
+ATTRIBUTION = ["inode_i_sb", "inode_i_ino", "inode_i_generation", "inode_i_state",
+               "inode_i_mapping", "inode_i_dentry",
                "dentry_d_parent", "dentry_d_inode", "dentry_d_alias", "super_block_s_dev"]
 FD_TO_SB = ["task_struct_files", "files_struct_fdt", "fdtable_fd", "fdtable_max_fds",
             "file_f_inode", "inode_i_sb", "super_block_s_dev"]
@@ -47,15 +53,16 @@ HOOKS: dict[str, dict] = {
     "inode_dirty": {"members": ATTRIBUTION + ["inode_i_state", "inode_i_mode"],
                     "tracepoints": ["writeback/writeback_mark_inode_dirty"],
                     "what": "upper inodes dirtied (stand-in for __mark_inode_dirty)"},
-    "folio_dirty": {"members": ATTRIBUTION + ["address_space_host", "folio_flags"],
-                    "tracepoints": ["writeback/writeback_dirty_folio"],
+    "folio_dirty": {"members": ATTRIBUTION + ["folio_flags"],
+                    "tracepoints": ["writeback/writeback_dirty_folio",
+                                    "writeback/writeback_mark_inode_dirty"],
                     "what": "bytes dirtied, copy-up bytes"},
     "writeback": {"members": ATTRIBUTION + ["inode_i_state", "writeback_control_nr_to_write",
                                             "wb_writeback_work_reason"],
                   "tracepoints": ["writeback/writeback_single_inode", "writeback/writeback_queue",
                                   "writeback/writeback_start", "writeback/writeback_written"],
                   "what": "bytes written back, per flush"},
-    "wb_error": {"members": ATTRIBUTION + ["address_space_host"],
+    "wb_error": {"members": ATTRIBUTION + ["address_space_host", "address_space_wb_err"],
                  "tracepoints": ["filemap/filemap_set_wb_err"],
                  "what": "writeback errors (stand-in for errseq_set)"},
     "syncfs": {"members": FD_TO_SB, "tracepoints": ["syscalls/sys_enter_syncfs", "syscalls/sys_exit_syncfs"],
@@ -139,6 +146,17 @@ def generate(btf: BTF, tracefs: str = "/sys/kernel/tracing",
     if "folio__flags_1" not in found:
         notes.append("large folios cannot be sized on this kernel: each dirtied folio counts as one page")
     lines.append(f"#define K_PAGE_SIZE {page_size or os.sysconf('SC_PAGE_SIZE')}UL")
+    span = [found[m] for m in INODE_SPAN if m in found]
+    if len(span) == len(INODE_SPAN):
+        start = min(off for off, _ in span)
+        end = max(off + size for off, size in span)
+        if end - start > MAX_SPAN:
+            missing["inode_i_state"] = f"inode members too far apart ({end - start} bytes)"
+        lines.append(f"#define INODE_SPAN_START {start}")
+        lines.append(f"#define INODE_SPAN_LEN {end - start}")
+    else:
+        lines.append("#define INODE_SPAN_START 0")
+        lines.append("#define INODE_SPAN_LEN 8")
 
     hooks: dict[str, str | None] = {}
     for hook, need in HOOKS.items():

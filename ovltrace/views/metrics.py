@@ -1,0 +1,125 @@
+"""Metric names, help texts and the bucket layout the exporter serves.
+
+Kept apart from the collector so the tests can check the dashboards and
+the alert rules against the list of what is served, without a session.
+All names follow Prometheus conventions: base units (bytes, seconds),
+`_total` on counters, histograms with power-of-two buckets.
+"""
+from __future__ import annotations
+
+PREFIX = "ovltrace_"
+
+# Labels that identify an overlay ("a container's root filesystem").  The
+# names are the ones cAdvisor / kube-state-metrics / node_exporter users
+# already join on.  `--labels` picks a subset, in this order.
+OVERLAY_LABELS = ("container", "container_id", "pod", "namespace", "runtime",
+                  "mountpoint", "device")
+DEFAULT_LABELS = OVERLAY_LABELS
+# The subset carried by the caller/victim (and victim/source) pair families:
+# enough to tell who is who without doubling every label.
+PAIR_LABELS = ("container", "pod", "namespace", "mountpoint")
+
+OTHER = "other"              # the `container` value of the folded bucket
+
+# exp2 buckets for flush durations: 2^-16 s (15 us) .. 2^5 s (32 s), then +Inf
+DURATION_BUCKETS = tuple(2.0 ** i for i in range(-16, 6))
+
+# name -> (type, help).  Types: counter, gauge, histogram.
+OVERLAY_COUNTERS = {
+    # metric name                                 Counters field, help
+    "ovltrace_overlay_dirtied_inodes_total": (
+        "inodes_dirtied", "Upper-filesystem inodes this overlay dirtied."),
+    "ovltrace_overlay_dirtied_bytes_total": (
+        "bytes_dirtied", "Bytes of page cache this overlay dirtied on its upper filesystem."),
+    "ovltrace_overlay_written_back_bytes_total": (
+        "bytes_written_back", "Bytes of this overlay's data written back to disk."),
+    "ovltrace_overlay_copy_ups_total": (
+        "copy_ups", "Files copied up from a lower layer."),
+    "ovltrace_overlay_copy_up_bytes_total": (
+        "copy_up_bytes", "Bytes written by copy-ups."),
+    "ovltrace_overlay_fsync_calls_total": (
+        "fsync_calls", "fsync/fdatasync calls on files of this overlay."),
+    "ovltrace_overlay_syncfs_calls_total": (
+        "syncfs_calls", "syncfs calls on this overlay."),
+}
+
+FAMILIES: dict[str, tuple[str, str]] = {
+    **{name: ("counter", help_) for name, (_f, help_) in OVERLAY_COUNTERS.items()},
+    "ovltrace_overlay_dirty_inodes": (
+        "gauge", "Upper inodes of this overlay dirty now (not yet written back)."),
+    "ovltrace_overlay_writeback_errors_total": (
+        "counter", "Writeback errors on this overlay's inodes, by errno."),
+    "ovltrace_overlay_errors_returned_total": (
+        "counter", "Errors returned to callers on this overlay (syncfs, fsync, fdatasync)."),
+    "ovltrace_overlay_unreported_writeback_errors": (
+        "gauge", "Writeback errors on this overlay since an error was last returned to it: "
+                 "data lost that nobody was told about (silent loss)."),
+    "ovltrace_flush_duration_seconds": (
+        "histogram", "Duration of syncfs/sync/umount flushes, per caller."),
+    "ovltrace_flush_errors_total": (
+        "counter", "Flushes (syncfs, sync, umount) that returned an error, per caller."),
+    "ovltrace_flush_others_written_back_bytes_total": (
+        "counter", "Bytes of other overlays' data a caller's flushes wrote back."),
+    "ovltrace_flush_others_stall_seconds_total": (
+        "counter", "Time a caller's flushes ran while writing back other overlays' data."),
+    "ovltrace_interference_written_back_bytes_total": (
+        "counter", "Bytes of the victim's data written back by the caller's flushes."),
+    "ovltrace_interference_stall_seconds_total": (
+        "counter", "Duration of the caller's flushes that wrote back the victim's data."),
+    "ovltrace_interference_flushes_total": (
+        "counter", "Caller's flushes that wrote back the victim's data."),
+    "ovltrace_error_leaks_total": (
+        "counter", "Errors returned to a victim overlay that were caused by another "
+                   "overlay's (the source's) failed writeback on the same upper filesystem."),
+    "ovltrace_upperfs_dirtied_bytes_total": (
+        "counter", "Bytes dirtied on an upper filesystem (scope: overlays or outside them)."),
+    "ovltrace_upperfs_written_back_bytes_total": (
+        "counter", "Bytes written back on an upper filesystem (scope: overlays or outside)."),
+    "ovltrace_upperfs_writeback_errors_total": (
+        "counter", "Writeback errors on an upper filesystem (scope: overlays or outside)."),
+    "ovltrace_upperfs_overlays": (
+        "gauge", "Overlays mounted on this upper filesystem."),
+    # -- the exporter itself
+    "ovltrace_exporter_hook_info": (
+        "gauge", "Which kernel mechanism each hook uses (mechanism=\"none\": unavailable)."),
+    "ovltrace_exporter_dropped_events_total": (
+        "counter", "Events the BPF programs could not hand to userspace (ring buffer full)."),
+    "ovltrace_exporter_inode_cache_lookups_total": (
+        "counter", "BPF inode->overlay cache lookups, by result."),
+    "ovltrace_exporter_attribution_failures_total": (
+        "counter", "Upper inodes the BPF programs could not attribute, by reason."),
+    "ovltrace_exporter_map_full_total": (
+        "counter", "BPF map updates refused because a map was full."),
+    "ovltrace_exporter_bpf_map_entries": (
+        "gauge", "Entries in a BPF map now."),
+    "ovltrace_exporter_bpf_map_max_entries": (
+        "gauge", "Capacity of a BPF map."),
+    "ovltrace_exporter_slots_exhausted_total": (
+        "counter", "Overlays that could not be watched: no free slot."),
+    "ovltrace_exporter_overlays": (
+        "gauge", "Overlays known to the exporter, by how they are exported "
+                 "(own series, or folded into the \"other\" bucket)."),
+    "ovltrace_exporter_series_dropped_total": (
+        "counter", "Series left out of a scrape because of the hard series limit."),
+    "ovltrace_exporter_refresh_duration_seconds": (
+        "gauge", "Time the last mount/container refresh took."),
+    "ovltrace_exporter_collect_duration_seconds": (
+        "gauge", "Time the previous scrape took to collect."),
+    "ovltrace_exporter_bpf_stats_enabled": (
+        "gauge", "1 when kernel.bpf_stats_enabled is on (the run-time figures are live)."),
+    "ovltrace_exporter_bpf_program_run_seconds_total": (
+        "counter", "Time spent in ovltrace's BPF programs (needs kernel.bpf_stats_enabled)."),
+    "ovltrace_exporter_bpf_program_runs_total": (
+        "counter", "Runs of ovltrace's BPF programs (needs kernel.bpf_stats_enabled)."),
+}
+
+
+def served_names() -> set[str]:
+    """Every sample name the exporter can produce (histograms expand)."""
+    out = set()
+    for name, (kind, _help) in FAMILIES.items():
+        if kind == "histogram":
+            out |= {name + "_bucket", name + "_sum", name + "_count"}
+        else:
+            out.add(name)
+    return out
