@@ -133,6 +133,10 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	u32 idx = icache_index(key);
 	struct icache_ent *c = icache.lookup(&idx);
 	if (c && c->inode == key && c->ino == ino && c->igen == igen && c->check == icache_check(c)) {
+		/* Not on a watched upper fs: valid until the set of watched
+		 * filesystems changes. */
+		if (c->role == ROLE_NONE && c->epoch == cur_epoch())
+			return 0;
 		/* positive answers stay valid while their slot lives; "outside
 		 * any overlay" ones until the set of overlays changes */
 		if (c->role != ROLE_FS ? slot_alive(c->slot, c->gen) : c->epoch == cur_epoch()) {
@@ -151,9 +155,9 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 		return 0;
 	struct sb_val *sv = sb_filter.lookup(&sb);
 	u32 dev;
+	int sv_upper;
 	if (sv && (sv->is_upper || sv->epoch == cur_epoch())) {
-		if (!sv->is_upper)
-			return 0;
+		sv_upper = sv->is_upper;
 		dev = sv->dev;
 	} else {
 		dev = 0;
@@ -161,8 +165,23 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 		struct slot_ref *u = upper_devs.lookup(&dev);
 		struct sb_val nv = { .dev = dev, .is_upper = u ? 1 : 0, .epoch = cur_epoch() };
 		sb_filter.update(&sb, &nv);
-		if (!u)
-			return 0;
+		sv_upper = u ? 1 : 0;
+	}
+	if (!sv_upper) {
+		/* remember "not ours" for this inode: the next event costs no
+		 * hash lookup */
+		if (c) {
+			c->inode = key;
+			c->ino = ino;
+			c->igen = igen;
+			c->slot = 0;
+			c->gen = 0;
+			c->role = ROLE_NONE;
+			c->epoch = cur_epoch();
+			c->dev = 0;
+			c->check = icache_check(c);
+		}
+		return 0;
 	}
 	o->dev = dev;
 	count(CNT_CACHE_MISS);

@@ -165,34 +165,42 @@ Examples:
   ovltrace audit -d 1m --format json     # one minute, JSON (schema v1)
   ovltrace audit --overlay /var/lib/docker/overlay2/ID/merged
   ovltrace audit --ebpf                  # print the BPF program
+  ovltrace audit --from rec.jsonl.gz -o report.html     # offline HTML page
+  ovltrace audit --from rec.jsonl.gz --format markdown
+  ovltrace audit -d 1m --fail-on leak,silent-loss,stall>2s   # CI gate
+
+\b
+Exit status: 0 ok, 1 error, 2 bad usage; with --fail-on, the sum of
+4 (leak), 8 (silent-loss), 16 (stall) for the gates that tripped.
 """)
 @click.option("-d", "--duration", type=Duration(), default="10s", show_default=True,
               help="How long to trace (10s, 500ms, 2m); Ctrl-C ends early.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json", "html"]),
+              default=None, help="Report format [default: from -o's extension, else table].")
+@click.option("-o", "--output", metavar="FILE", help="Write the report to FILE, not stdout.")
+@click.option("--fail-on", metavar="GATES", callback=lambda c, p, v: _check_fail_on(v),
+              help="Comma list of leak, silent-loss, stall>DURATION: exit non-zero when seen.")
 @click.option("--from", "source", metavar="FILE",
               help="Report on a recording (see 'record') instead of tracing.")
 @overlay_option
 @btf_option
 @ebpf_option
-def audit(duration, fmt, source, overlays, btf, ebpf):
-    """Trace for a while, then report per overlay: dirtying, writeback,
+def audit(duration, fmt, output, fail_on, source, overlays, btf, ebpf):
+    """Trace for a while, then report per container: dirtying, writeback,
     copy-ups, flushes (syncfs, sync, umount) and whose data they wrote back,
-    writeback errors, error leaks and silent data loss."""
+    writeback errors, error leaks and silent data loss; findings with advice,
+    and what cgroup accounting charged beside it."""
     if ebpf:
         print_ebpf(btf)
         return
-    from .views.audit import render
-    if source:
-        from .recording import load
-        _header, model = load(source)
-        click.echo(render(model.snapshot(), fmt))
-        return
-    from .session import Session
-    with Stopper() as stopper, Session(btf=btf, only=list(overlays) or None) as session:
-        trace_for(session, duration, stopper)
-        model = session.finish()
-    click.echo(render(model.snapshot(), fmt))
+    from .views.audit import run_audit
+    sys.exit(run_audit(duration, fmt, source, overlays, btf, output, fail_on))
+
+
+def _check_fail_on(value):
+    from .views.audit import parse_fail_on
+    parse_fail_on(value)          # raises click.BadParameter (exit 2)
+    return value
 
 
 @cli.command(epilog="""\b
@@ -215,8 +223,11 @@ def record(output, duration, overlays, btf):
     try:
         with Stopper() as stopper, Session(btf=btf, only=list(overlays) or None) as session:
             session.sink = writer
-            trace_for(session, duration, stopper)
+            from .annotate import Annotator     # cgroup accounting, error inode paths
+            annotator = Annotator(session)
+            trace_for(session, duration, stopper, step=annotator.step)
             session.finish()
+            annotator.finish(writer)
     finally:
         writer.close()
     say(f"wrote {output}")

@@ -176,6 +176,11 @@ def test_filter_pause_quit_and_selection(data):
     st_.sort = "name"                                # the cursor follows the overlay
     render(data, st_)
     assert st_.selected_key == key
+    fresh = UIState()                                # untouched cursor: stays on the top row
+    render(data, fresh)
+    fresh.sort = "name"
+    render(data, fresh)
+    assert fresh.selected == 0 and fresh.selected_key == visible_rows(data, fresh)[0].key
     handle_key(st_, " ", data)
     assert st_.paused and "PAUSED" in render(data, st_).lines[0]
     handle_key(st_, "p", data)
@@ -309,7 +314,7 @@ def test_replay_batch_through_cli(tmp_path):
         check_frame_against_model(fr, model_until(path, t1), t1 - 2.0, t1)
         assert "sort DIRTY/s" in fr["title"]
     assert list(frames[-1]["rows"])[0] == "batch-job"
-    assert "end of recording" in frames[-1]["title"]
+    assert "replay ended" in frames[-1]["title"]
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -681,8 +681,12 @@ def session_program_fds(session) -> dict[str, int]:
     bpf = getattr(getattr(session, "probes", None), "bpf", None)
     if bpf is None:
         return {}
-    return {name: fn.fd for name, fn in getattr(bpf, "funcs", {}).items()
-            if getattr(fn, "fd", -1) is not None and getattr(fn, "fd", -1) >= 0}
+    out = {}
+    for name, fn in getattr(bpf, "funcs", {}).items():
+        fd = getattr(fn, "fd", None)
+        if isinstance(fd, int) and fd >= 0:
+            out[name.decode() if isinstance(name, bytes) else str(name)] = fd
+    return out
 
 
 # ---- HTTP ------------------------------------------------------------------------
@@ -800,7 +804,9 @@ def run_exporter(listen: str, telemetry_path: str, config: ExporterConfig,
     def programs():
         if state["fds"] is None and state["attached"]:
             state["fds"] = session_program_fds(state["session"])
-        return program_stats_from_fds(state["fds"] or {}) if bpf_stats_enabled() else None
+        # the kernel counts only while kernel.bpf_stats_enabled=1; the figures
+        # are served either way (they just stop growing), so series never vanish
+        return program_stats_from_fds(state["fds"] or {})
 
     registry = CollectorRegistry(auto_describe=False)
     server = make_server(host, port, None)

@@ -315,6 +315,7 @@ class UIState:
     quit: bool = False
     delay: float = 1.0
     page: int = 10                 # rows per page (set by render)
+    follow: bool = False           # the user moved the cursor: keep it on that overlay
 
 
 def handle_key(state: UIState, key: str, data: TopData | None = None) -> None:
@@ -332,18 +333,10 @@ def handle_key(state: UIState, key: str, data: TopData | None = None) -> None:
         return
     if key in ("q", "Q"):
         state.quit = True
-    elif key in ("KEY_UP", "k"):
-        state.selected -= 1
-    elif key in ("KEY_DOWN", "j"):
-        state.selected += 1
-    elif key in ("KEY_PPAGE", "\x02"):
-        state.selected -= state.page
-    elif key in ("KEY_NPAGE", "\x06"):
-        state.selected += state.page
-    elif key in ("KEY_HOME", "g"):
-        state.selected = 0
-    elif key in ("KEY_END", "G"):
-        state.selected = 1 << 30
+    elif key in ("KEY_UP", "k", "KEY_DOWN", "j", "KEY_PPAGE", "\x02", "KEY_NPAGE", "\x06",
+                 "KEY_HOME", "g", "KEY_END", "G"):
+        state.follow = True
+        _move(state, key)
     elif key in ("s", ">", "KEY_RIGHT"):
         state.sort = COLUMN_KEYS[(COLUMN_KEYS.index(state.sort) + 1) % len(COLUMN_KEYS)]
     elif key in ("<", "KEY_LEFT"):
@@ -368,9 +361,25 @@ def handle_key(state: UIState, key: str, data: TopData | None = None) -> None:
         state.selected_key = rows[state.selected].key if rows else None
 
 
+def _move(state: UIState, key: str) -> None:
+    if key in ("KEY_UP", "k"):
+        state.selected -= 1
+    elif key in ("KEY_DOWN", "j"):
+        state.selected += 1
+    elif key in ("KEY_PPAGE", "\x02"):
+        state.selected -= state.page
+    elif key in ("KEY_NPAGE", "\x06"):
+        state.selected += state.page
+    elif key in ("KEY_HOME", "g"):
+        state.selected = 0
+    else:
+        state.selected = 1 << 30
+
+
 def follow_selection(state: UIState, rows: list[TopRow]) -> None:
-    """After a refresh or re-sort, keep the cursor on the same overlay."""
-    if state.selected_key is not None:
+    """After a refresh or re-sort, keep the cursor on the same overlay once
+    the user moved it there (before that it stays on the first row)."""
+    if state.follow and state.selected_key is not None:
         for i, r in enumerate(rows):
             if r.key == state.selected_key:
                 state.selected = i

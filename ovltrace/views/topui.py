@@ -324,7 +324,7 @@ def run_replay(path: str, delay: float, batch: bool, iterations: int | None, sor
         t += delay
         feeder.feed_until(t)
         data = frames.next(min(t, model.now) if feeder.done else t)
-        data.note = "replay, end of recording" if feeder.done else f"replay t={data.t:.0f}s"
+        data.note = "replay ended" if feeder.done else f"replay t={data.t:.0f}s"
         return data
 
     if batch:

@@ -1,0 +1,151 @@
+"""Plain-language findings, each backed by the report's numbers.
+
+Input is the audit report dict (views/audit.py build_report), so findings
+work the same live and on a recording.  Each finding:
+  {"id", "severity" (critical|warning|info), "containers", "title",
+   "detail" (the numbers, in words), "advice", "evidence" {numbers}}
+"""
+from __future__ import annotations
+
+from .views.common import errno_name, human_bytes, human_seconds
+
+MIN_LOOP_CALLS = 3             # syncfs calls before "in a loop"
+OTHERS_SHARE = 0.5             # "mostly others' data"
+STALL_NOTICE = 0.05            # seconds of others' waiting worth a finding
+BIG_COPY_UP = 8 << 20          # average copy-up size worth a finding
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _f(fid, severity, containers, title, detail, advice, **evidence) -> dict:
+    return {"id": fid, "severity": severity, "containers": containers, "title": title,
+            "detail": detail, "advice": advice, "evidence": evidence}
+
+
+def findings(report: dict) -> list[dict]:
+    out: list[dict] = []
+    stalls = {s["name"]: s for s in report.get("stall_by_container", [])}
+    overlays = {o["name"]: o for o in report.get("overlays", [])}
+
+    # A syncfs loop whose calls mostly flush other containers' data.
+    for s in stalls.values():
+        calls, others, own = s["syncfs_calls"], s["others_bytes_flushed"], s["own_bytes_flushed"]
+        total = others + own
+        if calls >= MIN_LOOP_CALLS and total and others / total >= OTHERS_SHARE:
+            share = others / total
+            out.append(_f(
+                "syncfs-flushes-others", "warning", [s["name"]],
+                f"{s['name']} calls syncfs in a loop; its calls mostly flush other containers' data",
+                f"{calls} syncfs calls wrote back {human_bytes(total)}, {share:.0%} of it "
+                f"({human_bytes(others)}) other containers' data; they waited "
+                f"{human_seconds(s['waited_on_others_seconds'])} on it.",
+                "fsync() its own files instead of syncfs(); or, where durability is not "
+                "needed, mount its overlay with 'volatile'.",
+                syncfs_calls=calls, others_bytes=others, own_bytes=own, others_share=round(share, 3),
+                waited_on_others_seconds=s["waited_on_others_seconds"]))
+
+    # Dirty data that made others' flushes wait.
+    for s in stalls.values():
+        if s["made_others_wait_seconds"] >= STALL_NOTICE:
+            out.append(_f(
+                "dirty-data-stalls-others", "warning" if s["made_others_wait_seconds"] >= 1 else "info",
+                [s["name"]],
+                f"{s['name']}'s unflushed writes made other containers' flushes wait",
+                f"{human_bytes(s['bytes_flushed_by_others'])} of its data was written back by others' "
+                f"syncfs/sync/umount, which waited {human_seconds(s['made_others_wait_seconds'])} "
+                f"on it.",
+                "Write back its own data steadily (fsync, or a lower dirty limit via its memory "
+                "limit) so neighbours' syncfs and container stops don't pay for it; or give it "
+                "its own upper filesystem (a volume).",
+                bytes_flushed_by_others=s["bytes_flushed_by_others"],
+                made_others_wait_seconds=s["made_others_wait_seconds"]))
+
+    # Unmounts that flushed everyone (container stop stalls).
+    for f in report.get("worst_flushes", []):
+        if f["kind"] == "umount" and f["others_bytes"] > 0:
+            out.append(_f(
+                "umount-flushed-others", "info", [f["caller"]],
+                f"unmounting {f['caller']} flushed other containers' data",
+                f"the umount took {human_seconds(f['duration_seconds'])} and wrote back "
+                f"{human_bytes(f['others_bytes'])} of other containers' data.",
+                "Container stop syncs the whole upper fs; a volatile overlay skips that when "
+                "the container's data is disposable.",
+                duration_seconds=f["duration_seconds"], others_bytes=f["others_bytes"]))
+
+    # Errors handed to the wrong container.
+    for leak in report.get("leaks_named", []):
+        out.append(_f(
+            "error-leak", "critical", [leak["victim"], leak["source"]],
+            f"{leak['victim']} was handed {errno_name(leak['errno'])} caused by {leak['source']}",
+            f"{leak['call']}() in {leak['victim']} returned {errno_name(leak['errno'])}, but the "
+            f"failed writeback was on {leak['source']}'s inodes; {leak['victim']}'s own writes "
+            f"had no error.",
+            f"Don't treat {leak['victim']}'s error as its own data loss; check {leak['source']}, "
+            f"whose data was lost. Containers whose errors must not mix need separate upper "
+            f"filesystems.",
+            victim=leak["victim"], source=leak["source"], errno=leak["errno"]))
+
+    for e in report.get("errors_by_container", []):
+        if e["silent_loss"]:
+            paths = [i["path"] for i in e["inodes"] if i.get("path")]
+            out.append(_f(
+                "silent-data-loss", "critical", [e["name"]],
+                f"{e['name']} lost data and was never told",
+                f"{e['writeback_errors']} writeback errors on {len(e['inodes'])} inodes"
+                + (f" (e.g. {paths[0]})" if paths else "") + "; no syncfs/fsync of it returned "
+                "an error.",
+                f"{e['name']} must fsync() files it cares about and check the result; the "
+                "files listed are corrupt or incomplete on disk.",
+                writeback_errors=e["writeback_errors"], inodes=len(e["inodes"]), paths=paths[:10]))
+
+    # Neighbours of an error-prone container.
+    bad = {e["name"]: e for e in report.get("errors_by_container", []) if e["writeback_errors"]}
+    for name, e in bad.items():
+        dev = overlays.get(name, {}).get("upper_dev")
+        neighbours = sorted(n for n, o in overlays.items() if n != name and o.get("upper_dev") == dev)
+        if neighbours and dev:
+            out.append(_f(
+                "shares-upper-with-errors", "warning", neighbours,
+                f"{len(neighbours)} containers share upper fs {dev} with error-prone {name}",
+                f"{name} had {e['writeback_errors']} writeback errors on {dev}; "
+                f"{', '.join(neighbours)} use the same upper fs, so their syncfs can return "
+                "its errors.",
+                "Move the error-prone container (or the others) to another upper filesystem, "
+                "and fix the storage under it.",
+                error_prone=name, upper_dev=dev, neighbours=neighbours,
+                writeback_errors=e["writeback_errors"]))
+
+    for o in report.get("overlays", []):
+        if "volatile" in o.get("options", []) and o.get("writeback_errors"):
+            out.append(_f(
+                "volatile-errors", "warning", [o["name"]],
+                f"volatile overlay {o['name']} had writeback errors",
+                f"{o['writeback_errors']} writeback errors on a volatile overlay; volatile skips "
+                "sync, so nobody in it is told.",
+                "Only keep volatile where the data is disposable; the overlay must be recreated "
+                "after errors (overlayfs refuses to remount it).",
+                writeback_errors=o["writeback_errors"]))
+
+    for h in report.get("copy_up_hotspots", []):
+        if h["copy_ups"] and h["copy_up_bytes"] / h["copy_ups"] >= BIG_COPY_UP:
+            out.append(_f(
+                "big-copy-up", "info", [h["name"]],
+                f"{h['name']} copied up big lower files",
+                f"{h['copy_ups']} copy-ups, {human_bytes(h['copy_up_bytes'])} "
+                f"({human_bytes(h['copy_up_bytes'] / h['copy_ups'])} each on average).",
+                "Writing to a big image file copies all of it to the upper fs first: keep such "
+                "files on a volume; metacopy=on avoids it for chmod/chown-only changes.",
+                copy_ups=h["copy_ups"], copy_up_bytes=h["copy_up_bytes"]))
+
+    for c in report.get("cgroup_accounting", {}).get("containers", []):
+        if c.get("gap"):
+            out.append(_f(
+                "cgroup-accounting-gap", "info", [c["name"]],
+                f"cgroup accounting misses {c['name']}'s overlay writeback",
+                c["gap"],
+                "Don't size or bill this container's I/O from cgroup stats alone; "
+                "use per-container numbers like these.",
+                ovltrace_bytes_dirtied=c["ovltrace_bytes_dirtied"],
+                ovltrace_bytes_written_back=c["ovltrace_bytes_written_back"]))
+
+    out.sort(key=lambda f: SEVERITY_ORDER[f["severity"]])
+    return out

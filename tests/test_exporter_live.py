@@ -1,0 +1,164 @@
+"""The real exporter, scraped by a real Prometheus (Debian's package) while
+the demo workload runs: every dashboard panel and every alert rule, queried
+through Prometheus' HTTP API, must return data, with the expected sign."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import Trace
+from exporter_helpers import RULES, dashboard_exprs, rule_exprs, template_selectors
+
+pytestmark = pytest.mark.live
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, timeout: float = 10) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+def query(prom: str, expr: str) -> list:
+    body = json.loads(get(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+def query_exporter(port: int, name: str) -> float:
+    """Sum of one family's samples, straight from the exporter."""
+    text = get(f"http://127.0.0.1:{port}/metrics").decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith(name + "{") or l.startswith(name + " "))
+
+
+def wait_for(pred, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        try:
+            last = pred()
+            if last:
+                return last
+        except (OSError, ValueError) as e:
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}: {last}")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    from ovltrace import demo, workloads
+    setup = demo.build(5, inject_errors=True)
+    exp_port, prom_port = free_port(), free_port()
+    tmp = tempfile.TemporaryDirectory(prefix="ovltrace-prom-")
+    trace = prom = None
+    try:
+        args = ["exporter", "--web.listen-address", f"127.0.0.1:{exp_port}", "--bpf-stats"]
+        for mp in setup.mountpoints:
+            args += ["--overlay", mp]
+        trace = Trace(args)
+        trace.wait_attached(120)
+        # the demo mix first (the syncer stalls on the bulk writer's data),
+        # the error writer later: once it fills the upper fs, ext4 turns
+        # read-only and the others stop
+        mix = demo.DemoSetup(setup.sandbox, overlays=setup.overlays[:4])
+        demo.start_workload(mix, syncfs_interval=0.2)
+        wait_for(lambda: query_exporter(exp_port, "ovltrace_flush_others_stall_seconds_total") > 1.0,
+                 60, "the syncer's flushes stalling on others' data")
+        workloads.error_writer(setup.sandbox, setup.overlays[4], total_mb=400)
+        cfg = Path(tmp.name) / "prometheus.yml"
+        cfg.write_text(f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: [{RULES}]
+scrape_configs:
+  - job_name: ovltrace
+    static_configs: [{{targets: ["127.0.0.1:{exp_port}"]}}]
+""")
+        prom = subprocess.Popen(
+            ["/usr/bin/prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp.name}/data",
+             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{prom_port}"
+        wait_for(lambda: get(f"{url}/-/ready"), 60, "prometheus ready")
+        # enough scrapes for rates, the copy-up, flushes stalling others,
+        # the error writer filling the upper fs, and a leak to the syncer
+        wait_for(lambda: query(url, "ovltrace_error_leaks_total")
+                 and query(url, "ovltrace_overlay_copy_ups_total > 0")
+                 and query(url, "ovltrace_interference_written_back_bytes_total > 0"), 90,
+                 "leaks, copy-ups and interference in Prometheus")
+        time.sleep(6)          # a few more samples for rate() windows
+        yield {"prom": url, "exporter": f"http://127.0.0.1:{exp_port}", "trace": trace}
+    finally:
+        if prom is not None:
+            prom.terminate()
+            prom.wait(30)
+        if trace is not None and trace.proc.poll() is None:
+            trace.signal()
+            rc, _ = trace.finish(60)
+            assert rc == 0, trace.stderr
+            assert "Traceback" not in trace.stderr, trace.stderr
+        setup.sandbox.close()
+        tmp.cleanup()
+
+
+def test_target_up_and_healthy(stack):
+    up = query(stack["prom"], 'up{job="ovltrace"}')
+    assert up and up[0]["value"][1] == "1"
+    assert get(f"{stack['exporter']}/-/healthy") == b"OK\n"
+
+
+def test_every_dashboard_panel_returns_data(stack):
+    empty = [(title, expr) for title, expr in dashboard_exprs() if not query(stack["prom"], expr)]
+    assert not empty, f"panels without data: {empty}"
+    for sel in template_selectors():
+        assert query(stack["prom"], sel), sel
+
+
+def test_every_alert_rule_returns_data(stack):
+    empty = [(name, expr) for name, expr in rule_exprs() if not query(stack["prom"], expr)]
+    assert not empty, f"rules without data: {empty}"
+    rules = json.loads(get(f"{stack['prom']}/api/v1/rules"))["data"]["groups"]
+    states = {r["name"]: r["health"] for g in rules for r in g["rules"]}
+    assert set(states) == {n for n, _ in rule_exprs()}
+    assert all(h == "ok" for h in states.values()), states
+
+
+def test_signs_syncer_is_the_caller_and_others_victims(stack):
+    prom = stack["prom"]
+    pairs = query(prom, "sum by (caller_container, victim_container) "
+                        "(ovltrace_interference_written_back_bytes_total)")
+    assert pairs
+    assert {p["metric"]["caller_container"] for p in pairs} == {"syncer"}
+    victims = {p["metric"]["victim_container"] for p in pairs if float(p["value"][1]) > 0}
+    assert "syncer" not in victims and "batch" in victims, pairs
+    stall = query(prom, "sum by (container) (ovltrace_flush_others_stall_seconds_total) > 0")
+    assert {s["metric"]["container"] for s in stall} == {"syncer"}
+    leaks = query(prom, "sum by (victim_container, source_container) (ovltrace_error_leaks_total)")
+    assert {l["metric"]["victim_container"] for l in leaks} == {"syncer"}
+    assert "api" in {l["metric"]["source_container"] for l in leaks}
+    lost = query(prom, "ovltrace_overlay_unreported_writeback_errors{container=\"api\"} > 0")
+    assert lost, "the error writer's silent loss is not visible"
+    top = query(prom, "topk(1, sum by (container) (ovltrace_overlay_dirtied_bytes_total))")
+    assert top[0]["metric"]["container"] in ("api", "batch")
+    copy = query(prom, "topk(1, sum by (container) (ovltrace_overlay_copy_up_bytes_total))")
+    assert copy[0]["metric"]["container"] == "cache"
+
+
+def test_live_scrape_passes_promtool(stack):
+    text = get(f"{stack['exporter']}/metrics")
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+    assert b"ovltrace_exporter_bpf_program_runs_total" in text
