@@ -136,16 +136,19 @@ def findings(report: dict) -> list[dict]:
                 "files on a volume; metacopy=on avoids it for chmod/chown-only changes.",
                 copy_ups=h["copy_ups"], copy_up_bytes=h["copy_up_bytes"]))
 
-    for c in report.get("cgroup_accounting", {}).get("containers", []):
-        if c.get("gap"):
-            out.append(_f(
-                "cgroup-accounting-gap", "info", [c["name"]],
-                f"cgroup accounting misses {c['name']}'s overlay writeback",
-                c["gap"],
-                "Don't size or bill this container's I/O from cgroup stats alone; "
-                "use per-container numbers like these.",
-                ovltrace_bytes_dirtied=c["ovltrace_bytes_dirtied"],
-                ovltrace_bytes_written_back=c["ovltrace_bytes_written_back"]))
+    gaps = [c for c in report.get("cgroup_accounting", {}).get("containers", []) if c.get("gap")]
+    if gaps:
+        names = [c["name"] for c in gaps]
+        out.append(_f(
+            "cgroup-accounting-gap", "info", names,
+            f"cgroup accounting misses the overlay writeback of {len(gaps)} container(s)",
+            " ".join(f"{c['name']}: {c['gap']}" for c in gaps[:4])
+            + (f" (+{len(gaps) - 4} more)" if len(gaps) > 4 else ""),
+            "Don't size or bill these containers' I/O from cgroup stats alone; use "
+            "per-container numbers like these (see google/cadvisor#2378).",
+            containers=[{"name": c["name"], "ovltrace_bytes_dirtied": c["ovltrace_bytes_dirtied"],
+                         "ovltrace_bytes_written_back": c["ovltrace_bytes_written_back"]}
+                        for c in gaps]))
 
     out.sort(key=lambda f: SEVERITY_ORDER[f["severity"]])
     return out

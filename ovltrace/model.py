@@ -14,6 +14,7 @@ Records fed in:
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import asdict, dataclass, field, fields
 
 SCHEMA_VERSION = 1
@@ -283,13 +284,11 @@ class Model:
     # ---- output ----------------------------------------------------------
     def counters_at(self, key: str, t: float) -> Counters:
         """Cumulative counters of `key` as of time t (last sample <= t)."""
-        best = Counters()
-        for ts, c in self.samples.get(key, ()):
-            if ts <= t:
-                best = c
-            else:
-                break
-        return best
+        s = self.samples.get(key)
+        if not s:
+            return Counters()
+        i = bisect.bisect_right(s, t, key=lambda sample: sample[0])
+        return s[i - 1][1] if i else Counters()
 
     def snapshot(self, since: float | None = None, t: float | None = None) -> Snapshot:
         t = self.now if t is None else t
@@ -336,7 +335,11 @@ class Model:
         for e in wb_errors:
             failed.setdefault(e.key, []).append(e)
         leaks: list[Leak] = []
+        seen: set = set()
         for r in returned:
+            if (r.key, r.t, r.call) in seen:
+                continue                  # the same call, reported twice
+            seen.add((r.key, r.t, r.call))
             if r.key in failed or r.call != "syncfs":
                 continue
             meta = self.metas.get(r.key)

@@ -242,7 +242,8 @@ class LeakResult:
 
 def error_leak_scenario(sb_factory: Callable[[], Sandbox] | None = None, total_mb: int = 8,
                         before_writes: Callable[[Sandbox, SandboxOverlay, SandboxOverlay], None]
-                        | None = None) -> LeakResult:
+                        | None = None,
+                        before_fsync: Callable[[], None] | None = None) -> LeakResult:
     """Deterministic "error leak": B loses data, A's syncfs gets the error.
 
     Recipe: overlays A and B on one upper fs (default Sandbox(errors="leak"):
@@ -261,7 +262,9 @@ def error_leak_scenario(sb_factory: Callable[[], Sandbox] | None = None, total_m
     s_wb_err. Only B's fsync reports the loss.
 
     before_writes(sb, a, b) runs after setup, right before B writes (e.g. to
-    start a tracer). The sandbox is closed on return.
+    start a tracer); before_fsync() runs after the syncfs calls, right
+    before B's fsync (e.g. to end a trace while B still knows nothing).
+    The sandbox is closed on return.
     """
     t0 = time.monotonic()
     sb = sb_factory() if sb_factory else Sandbox(errors="leak")
@@ -277,6 +280,8 @@ def error_leak_scenario(sb_factory: Callable[[], Sandbox] | None = None, total_m
             a_rc = syncfs(a.mountpoint)
             b_fd_rc = held_fd_call(proc, "syncfs")
             b_fresh_rc = syncfs(b.mountpoint)
+            if before_fsync:
+                before_fsync()
             b_fsync_rc = held_fd_call(proc, "fsync")
             upper_rc = syncfs(sb.upper_fs)
         finally:

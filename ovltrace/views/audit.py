@@ -337,21 +337,21 @@ def _t(rows, headers, fmt) -> str:
     return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
-def sections(rep: dict, fmt: str = "simple", width: int = 18) -> list[tuple[str, str]]:
+def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str, str]]:
     """(title, table) pairs shared by the terminal and Markdown views."""
     cut = (lambda s: s if len(s) <= width else s[: width - 1] + "~")
     out = []
-    rows = [[cut(o["name"]) + ("" if o["live"] else "*"), o["inodes_dirtied"],
-             human_bytes(o["bytes_dirtied"]), human_bytes(o["bytes_written_back"]),
+    rows = [[cut(o["name"]) + ("" if o["live"] else "*"), human_bytes(o["bytes_dirtied"]),
+             human_bytes(o["bytes_written_back"]),
              f"{o['copy_ups']}/{human_bytes(o['copy_up_bytes'])}", o["syncfs_calls"],
              o["writeback_errors"], human_seconds(o["stall_suffered_seconds"]),
              human_seconds(o["stall_imposed_seconds"])]
             for o in sorted(rep["overlays"], key=lambda o: -o["bytes_dirtied"])]
     out.append(("Per container (* = unmounted during the window; WAITED = its flushes waited "
-                "on others' data, MADE WAIT = others' flushes waited on its data)",
-                _t(rows, ["CONTAINER", "INODES", "DIRTIED", "WRITTEN", "COPYUP", "SYNCFS", "WBERR",
-                          "WAITED", "MADE WAIT"], fmt) if rows else "(no overlays)"))
-    fs = [[u["upper_dev"], u.get("fstype") or "-", u["mountpoint"][-24:], len(u["overlay_names"]),
+                "on others' data, MADEWAIT = others' flushes waited on its data)",
+                _t(rows, ["CONTAINER", "DIRTIED", "WRITTEN", "COPYUP", "SYNCFS", "WBERR",
+                          "WAITED", "MADEWAIT"], fmt) if rows else "(no overlays)"))
+    fs = [[u["upper_dev"], u.get("fstype") or "-", _tail(u["mountpoint"], 2 * width - 12), len(u["overlay_names"]),
            human_bytes(u["bytes_dirtied"]), human_bytes(u["bytes_written_back"]), u["flushes"],
            u["writeback_errors"]] for u in rep["upper_filesystems"]]
     if fs:
@@ -379,7 +379,8 @@ def sections(rep: dict, fmt: str = "simple", width: int = 18) -> list[tuple[str,
             rows.append([cut(e["name"]), e["writeback_errors"], ",".join(e["errnos"]) or "-",
                          len(e["inodes"]), e["errors_returned"], status])
         text = _t(rows, ["CONTAINER", "WBERR", "ERRNO", "INODES", "RETURNED", "STATUS"], fmt)
-        ino_rows = [[cut(e["name"]), i["ino"], i["errors"], (i.get("path") or "(unresolved)")[-44:]]
+        ino_rows = [[cut(e["name"]), i["ino"], i["errors"],
+                     _tail(i.get("path") or "(unresolved)", 3 * width + 8)]
                     for e in rep["errors_by_container"] for i in e["inodes"][:5]]
         if ino_rows:
             text += "\n\n" + _t(ino_rows, ["CONTAINER", "INODE", "ERRORS", "PATH"], fmt)
@@ -416,9 +417,14 @@ def sections(rep: dict, fmt: str = "simple", width: int = 18) -> list[tuple[str,
     return out
 
 
+def _tail(path: str, width: int) -> str:
+    return path if len(path) <= width else "~" + path[-(width - 1):]
+
+
 def render_table(rep: dict) -> str:
     fs = ", ".join(f"{u['upper_dev']} {u.get('fstype') or ''}".strip()
                    for u in rep["upper_filesystems"]) or "none"
+    width = 14
     out = [f"ovltrace audit: {rep['window_seconds']:.1f}s window, {len(rep['overlays'])} "
            f"containers; upper fs: {fs}"]
     if rep["findings"]:
@@ -427,16 +433,19 @@ def render_table(rep: dict) -> str:
             out.append(f"  [{f['severity'].upper()}] {f['title']}")
             out += _wrap(f"    {f['detail']}")
             out += _wrap(f"    advice: {f['advice']}")
-    for title, body in sections(rep):
-        out += ["", *_wrap(title, indent=""), body]
+    for title, body in sections(rep, width=width):
+        lines = body.split("\n")
+        if lines[-1].startswith("note: "):
+            lines[-1:] = _wrap(lines[-1], indent="  ")
+        out += ["", *_wrap(title, indent=""), *lines]
     return "\n".join(out)
 
 
 def _wrap(text: str, width: int = 79, indent: str = "      ") -> list[str]:
     import textwrap
     lead = len(text) - len(text.lstrip())
-    return textwrap.wrap(text, width, initial_indent=text[:lead],
-                         subsequent_indent=indent if indent else "") or [""]
+    return textwrap.wrap(text.lstrip(), width, initial_indent=text[:lead],
+                         subsequent_indent=indent) or [""]
 
 
 # ---- the command ------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""Writeback errors for real (KERNEL-NOTES scenario, made deterministic in
+workloads.error_leak_scenario): B loses data at writeback, A's syncfs is
+handed the EIO, B is told nothing until it fsyncs."""
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from conftest import Trace, by_mountpoint
+from ovltrace.workloads import error_leak_scenario
+
+pytestmark = pytest.mark.live
+
+
+def test_error_leak_and_silent_loss():
+    traces = {}
+
+    def start(sb, a, b):
+        args = ["audit", "--format", "json", "-d", "300s", "--overlay", a.mountpoint,
+                "--overlay", b.mountpoint]
+        # two instances at once: one ends before B's fsync, one after
+        traces["before_fsync"] = Trace(args)
+        traces["whole"] = Trace(args)
+        for t in traces.values():
+            t.wait_attached()
+        traces["a"], traces["b"] = a.mountpoint, b.mountpoint
+
+    def stop_first():
+        traces["before_fsync"].signal(signal.SIGINT)
+        traces["before_fsync_result"] = traces["before_fsync"].finish()
+
+    res = error_leak_scenario(before_writes=start, before_fsync=stop_first)
+    traces["whole"].signal(signal.SIGINT)
+    rc, out = traces["whole"].finish()
+    assert rc == 0, traces["whole"].stderr
+    whole = json.loads(out)
+    rc1, out1 = traces["before_fsync_result"]
+    assert rc1 == 0, traces["before_fsync"].stderr
+    early = json.loads(out1)
+    a, b = traces["a"], traces["b"]
+
+    # what the kernel did (the scenario is deterministic; see test_sandbox)
+    assert res.a_syncfs == -5 and res.b_syncfs_write_fd == 0 and res.b_syncfs_fresh_fd == 0
+    assert res.b_fsync < 0
+
+    for rep in (early, whole):
+        rb, ra = by_mountpoint(rep, b), by_mountpoint(rep, a)
+        assert rb["writeback_errors"] > 0
+        assert ra["writeback_errors"] == 0
+        errs = [e for e in rep["writeback_errors"] if e["overlay"] == b]
+        assert errs and all(e["errno"] in (5, 28) for e in errs)
+        assert {e["ino"] for e in errs} == {res.b_ino}
+        # A's syncfs returned EIO: a flush with ret -5, and a leak A <- B
+        a_calls = [f for f in rep["flushes"] if f["kind"] == "syncfs" and f["overlay"] == a]
+        assert [f["ret"] for f in a_calls] == [-5]
+        assert rep["leaks"] == [{"victim": a, "source": b, "errno": 5, "call": "syncfs"}]
+        b_calls = [f for f in rep["flushes"] if f["kind"] == "syncfs" and f["overlay"] == b]
+        assert [f["ret"] for f in b_calls] == [0, 0]
+
+    # until its fsync, B lost data and was never told
+    assert [l["overlay"] for l in early["silent_losses"]] == [b]
+    # the fsync told B: no longer silent
+    assert whole["silent_losses"] == []
+    told = [e for e in whole["errors_returned"] if e["overlay"] == b and e["call"] == "fsync"]
+    assert told and told[0]["errno"] == -res.b_fsync
