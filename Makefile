@@ -1,32 +1,56 @@
 # ovltrace: everything a fresh Debian/Ubuntu machine needs, as root.
-PY      ?= /usr/bin/python3
-VENV    := .venv
-STAMP   := $(VENV)/.setup-done
-APT_PKGS := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
-            e2fsprogs xfsprogs util-linux tmux bpftrace busybox-static
+#   make setup   ./.venv (distro python3 + system site packages for bcc)
+#   make demo    sandbox containers + live audit
+#   make test    every test: unit, live on this kernel, and the function
+#                hooks in a Debian kernel under QEMU (test-vm)
+PY        ?= /usr/bin/python3
+VENV      := .venv
+APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
+             e2fsprogs xfsprogs util-linux
+APT_TEST  := tmux bpftrace busybox-static docker.io podman runc prometheus chromium
+APT_VM    := qemu-system-x86 linux-image-amd64 linux-headers-amd64
 
-.PHONY: setup demo test test-vm bench clean
+.PHONY: setup setup-test setup-vm demo test test-host test-vm bench clean
 
-setup: $(STAMP)
-
-$(STAMP): pyproject.toml
-	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# install the named Debian packages that are missing (apt-get update once)
+define apt_missing
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml
+	$(call apt_missing,$(APT_RUN))
 	$(PY) -m venv --system-site-packages $(VENV)
-	$(VENV)/bin/pip install -q -e '.[test]'
-	@touch $(STAMP)
+	$(VENV)/bin/pip install -q -e .
+	@touch $@
+
+setup-test: setup
+	$(call apt_missing,$(APT_TEST))
+	@$(VENV)/bin/python -c "import pytest, hypothesis" 2>/dev/null || $(VENV)/bin/pip install -q -e '.[test]'
+
+setup-vm: setup
+	$(call apt_missing,$(APT_VM))
+	@$(VENV)/bin/vng --version >/dev/null 2>&1 || $(VENV)/bin/pip install -q virtme-ng
 
 demo: setup
 	$(VENV)/bin/ovltrace demo
 
-test: setup
+test: test-host test-vm
+
+test-host: setup-test
 	$(VENV)/bin/python -m pytest tests
 
-test-vm: setup
+test-vm: setup-test setup-vm
 	tests/vm/run
 
+bench: setup-test
+	$(VENV)/bin/python bench/overhead
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -15,6 +15,7 @@ from .cgroupacct import CgroupAccounting
 from .model import Model
 
 SAMPLE_INTERVAL = 2.0          # seconds between cgroup samples
+FIND_INTERVAL = 0.5            # look for cgroups of overlays that have none this often
 WALK_CAP = 200_000             # directory entries looked at per upper dir
 
 
@@ -67,6 +68,7 @@ class Annotator:
         self.session = session
         self.cgroups = CgroupAccounting()
         self._next = 0.0
+        self._next_find = 0.0
         self.accounting: dict = {}
         self.paths: dict = {}
 
@@ -75,9 +77,19 @@ class Annotator:
                 if m.kind == "overlay" and m.gone_at is None}
 
     def step(self) -> None:
-        if time.monotonic() >= self._next:
-            self._next = time.monotonic() + SAMPLE_INTERVAL
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + SAMPLE_INTERVAL
+            self._next_find = now + FIND_INTERVAL
             self.cgroups.sample(self._overlays())
+        elif now >= self._next_find:
+            # short-lived processes (a job that writes and exits) need a
+            # quicker look; only for overlays whose cgroup is still unknown
+            self._next_find = now + FIND_INTERVAL
+            overlays = self._overlays()
+            if any(k not in self.cgroups.cgroups for k in overlays) \
+                    and self.cgroups.find_cgroups(overlays):
+                self.cgroups.sample(overlays)
 
     def finish(self, writer=None) -> None:
         self.cgroups.sample(self._overlays())
@@ -101,7 +113,7 @@ def load(path: str) -> tuple[dict, Model, dict]:
     header, records = recording.read_records(path)
     model = Model(0.0)
     name = os.path.basename(path)
-    extras: dict = {"cgroup_accounting": {}, "inode_paths": {}, "source": "recording"}
+    extras: dict = {"cgroup_accounting": None, "inode_paths": {}, "source": "recording"}
     saw_end = False
     for rec in records:
         kind = rec["type"]

@@ -141,8 +141,10 @@ class CgroupAccounting:
         self.first: dict[str, dict] = {}
         self.last: dict[str, dict] = {}
         self.peak: dict[str, dict[str, int]] = {}
+        # ovltrace's own v1 memory cgroup: a container in it has none of its own
+        self.own_memory = proc_cgroups(os.getpid(), proc).get("memory")
 
-    def find_cgroups(self, overlays: dict[str, tuple[str, str]]) -> None:
+    def find_cgroups(self, overlays: dict[str, tuple[str, str]]) -> int:
         """overlays: key -> (overlay dev "maj:min", upper dev).  A key keeps
         the first cgroup found (processes that exit leave it behind)."""
         want = {}
@@ -151,11 +153,12 @@ class CgroupAccounting:
                 ma, mi = dev.split(":")
                 want[os.makedev(int(ma), int(mi))] = key
         if not want:
-            return
+            return 0
         try:
             pids = [p for p in os.listdir(self.proc) if p.isdigit()][: self.max_pids]
         except OSError:
-            return
+            return 0
+        before = len(self.cgroups)
         for pid in pids:
             for what in ("root", "cwd"):
                 try:
@@ -167,6 +170,7 @@ class CgroupAccounting:
                     if cgs:
                         self.cgroups[key] = cgs
                     break
+        return len(self.cgroups) - before
 
     def sample(self, overlays: dict[str, tuple[str, str]]) -> None:
         self.find_cgroups(overlays)
@@ -202,7 +206,7 @@ class CgroupAccounting:
                 d2["wbytes_upper_dev"] = v2["wbytes_upper_dev"] - first["v2"].get("wbytes_upper_dev", 0)
             mem = cgs.get("memory")
             d1: dict = {"memory_cgroup": mem, "missing": v1["missing"],
-                        "shared": mem in (None, "/") or v1_users.get(mem, 0) > 1}
+                        "shared": mem in (None, "/", self.own_memory) or v1_users.get(mem, 0) > 1}
             if "dirty" in v1:
                 d1["dirty_peak"] = peak.get("v1.dirty", 0)
                 d1["writeback_peak"] = peak.get("v1.writeback", 0)

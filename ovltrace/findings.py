@@ -105,10 +105,9 @@ def findings(report: dict) -> list[dict]:
         if neighbours and dev:
             out.append(_f(
                 "shares-upper-with-errors", "warning", neighbours,
-                f"{len(neighbours)} containers share upper fs {dev} with error-prone {name}",
-                f"{name} had {e['writeback_errors']} writeback errors on {dev}; "
-                f"{', '.join(neighbours)} use the same upper fs, so their syncfs can return "
-                "its errors.",
+                f"sharing upper fs {dev} with error-prone {name}: {', '.join(neighbours)}",
+                f"{name} had {e['writeback_errors']} writeback errors on {dev}; the syncfs of "
+                f"any container on the same upper fs ({', '.join(neighbours)}) can return them.",
                 "Move the error-prone container (or the others) to another upper filesystem, "
                 "and fix the storage under it.",
                 error_prone=name, upper_dev=dev, neighbours=neighbours,
@@ -138,17 +137,23 @@ def findings(report: dict) -> list[dict]:
 
     gaps = [c for c in report.get("cgroup_accounting", {}).get("containers", []) if c.get("gap")]
     if gaps:
-        names = [c["name"] for c in gaps]
+        by_reason: dict[str, list[dict]] = {}
+        for c in gaps:
+            by_reason.setdefault(c["gap"], []).append(c)
+        detail = " ".join(
+            f"{', '.join(c['name'] for c in cs)}: ovltrace saw "
+            f"{human_bytes(sum(c['ovltrace_bytes_dirtied'] for c in cs))} dirtied and "
+            f"{human_bytes(sum(c['ovltrace_bytes_written_back'] for c in cs))} written back, but "
+            f"{reason}." for reason, cs in by_reason.items())
         out.append(_f(
-            "cgroup-accounting-gap", "info", names,
+            "cgroup-accounting-gap", "info", [c["name"] for c in gaps],
             f"cgroup accounting misses the overlay writeback of {len(gaps)} container(s)",
-            " ".join(f"{c['name']}: {c['gap']}" for c in gaps[:4])
-            + (f" (+{len(gaps) - 4} more)" if len(gaps) > 4 else ""),
+            detail,
             "Don't size or bill these containers' I/O from cgroup stats alone; use "
             "per-container numbers like these (see google/cadvisor#2378).",
-            containers=[{"name": c["name"], "ovltrace_bytes_dirtied": c["ovltrace_bytes_dirtied"],
-                         "ovltrace_bytes_written_back": c["ovltrace_bytes_written_back"]}
-                        for c in gaps]))
+            per_container=[{"name": c["name"], "ovltrace_bytes_dirtied": c["ovltrace_bytes_dirtied"],
+                            "ovltrace_bytes_written_back": c["ovltrace_bytes_written_back"],
+                            "reason": c["gap"]} for c in gaps]))
 
     out.sort(key=lambda f: SEVERITY_ORDER[f["severity"]])
     return out

@@ -223,6 +223,9 @@ class Model:
         self.self_stats: dict = {}
         self.now = t0
         self.max_samples = 4096     # per overlay; older ones are thinned
+        self.max_records = 20000    # flushes / errors kept (an error storm must not eat memory)
+        self.trimmed = 0            # records dropped by that cap (exact counts live in counters)
+        self.first_wb_error: dict[str, WbError] = {}   # kept past the cap: leak/loss logic
         self.sink = None            # callable(type, payload): a recording listens here
 
     def _emit(self, kind: str, payload) -> None:
@@ -257,18 +260,41 @@ class Model:
         if dirty_now is not None:
             self.dirty_now = {k: v for k, v in dirty_now.items() if k in self.metas}
 
+    def _append(self, records: list, item) -> None:
+        records.append(item)
+        if len(records) > self.max_records:
+            cut = len(records) - self.max_records * 3 // 4
+            del records[:cut]
+            self.trimmed += cut
+
     def flush(self, f: Flush) -> None:
         self._emit("flush", f)
-        self.flushes.append(f)
+        self._append(self.flushes, f)
         self.now = max(self.now, f.start + f.duration)
 
     def wb_error(self, e: WbError) -> None:
         self._emit("wb_error", e)
-        self.wb_errors.append(e)
+        self.first_wb_error.setdefault(e.key, e)
+        self._append(self.wb_errors, e)
 
     def error_returned(self, e: ErrorReturned) -> None:
         self._emit("error_returned", e)
-        self.errors_returned.append(e)
+        self._append(self.errors_returned, e)
+
+    def prune(self, before: float) -> None:
+        """Forget what ended before `before`: overlays gone by then, their
+        samples, old flushes and errors (long-running views call this)."""
+        for key in [k for k, m in self.metas.items() if m.gone_at is not None and m.gone_at < before]:
+            del self.metas[key]
+            self.samples.pop(key, None)
+            self.first_wb_error.pop(key, None)
+        self.flushes = [f for f in self.flushes if f.start + f.duration >= before]
+        self.wb_errors = [e for e in self.wb_errors if e.t >= before]
+        self.errors_returned = [e for e in self.errors_returned if e.t >= before]
+        for key, s in self.samples.items():
+            i = bisect.bisect_right(s, before, key=lambda sample: sample[0])
+            if i > 1:
+                del s[:i - 1]             # keep the last sample at or before `before`
 
     def set_self_stats(self, t: float, stats: dict) -> None:
         self._emit("self", (t, stats))
@@ -323,9 +349,13 @@ class Model:
             if caller and any(v.key != f.target and v.bytes_written_back for v in f.victims):
                 caller.stall_caused += f.duration
 
+        self._window = (start, t)
         leaks, losses = self._errors(rows, wb_errors, returned + flushes_returned)
         return Snapshot(t, start, rows, fs_rows, flushes, wb_errors, returned + flushes_returned,
                         leaks, losses, self.metas, self.hooks, dict(self.self_stats))
+
+    def _in_window(self, t: float) -> bool:
+        return self._window[0] <= t <= self._window[1]
 
     def _errors(self, rows, wb_errors, returned):
         """Leaks: an error handed to an overlay whose own inodes had none,
@@ -334,6 +364,9 @@ class Model:
         failed: dict[str, list[WbError]] = {}
         for e in wb_errors:
             failed.setdefault(e.key, []).append(e)
+        for key, e in self.first_wb_error.items():   # records trimmed in a storm
+            if key not in failed and self._in_window(e.t):
+                failed[key] = [e]
         leaks: list[Leak] = []
         seen: set = set()
         for r in returned:
@@ -350,11 +383,13 @@ class Model:
                 if sm and sm.upper_dev == meta.upper_dev and errs[0].t <= r.t:
                     leaks.append(Leak(r.key, src, r.errno, r.t, r.call))
         handed = {r.key for r in returned}
+        counted = {r.meta.key: r.window.writeback_errors for r in rows}
         losses = []
         for key, errs in failed.items():
             meta = self.metas.get(key)
             if key not in handed and meta is not None and meta.kind == "overlay":
-                losses.append(SilentLoss(key, len(errs), sorted({e.errno for e in errs})))
+                n = max(len(errs), counted.get(key, 0))     # counters are exact, records capped
+                losses.append(SilentLoss(key, n, sorted({e.errno for e in errs})))
         return leaks, losses
 
 

@@ -43,9 +43,11 @@ class _PendingFlush:
 class Session:
     def __init__(self, btf: str | None = None, only: list[str] | None = None,
                  limits: Limits | None = None, refresh_interval: float = 1.0,
-                 resolver: Resolver | None = None, hooks: list[str] | None = None):
+                 resolver: Resolver | None = None, hooks: list[str] | None = None,
+                 retention: float | None = None):
         self.only = [os.path.realpath(p) for p in only] if only else None
         self.refresh_interval = refresh_interval
+        self.retention = retention       # long-running views forget what ended before now - this
         self.resolver = resolver or Resolver()
         self._limits = limits
         self._btf = btf
@@ -185,6 +187,8 @@ class Session:
                 self._last_refresh = time.monotonic()
                 self.refresh_mounts()
                 self._expire()
+                if self.retention:
+                    self.model.prune(self.now() - self.retention)
             self.sample()
 
     def sample(self) -> None:

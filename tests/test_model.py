@@ -96,3 +96,25 @@ def test_json_v1_keys():
               "copy_up_bytes", "writeback_errors"):
         assert k in ov
     assert ov["container"] == {"runtime": "docker", "id": "id-a", "name": "alpha"}
+
+
+def test_error_storm_is_bounded_but_still_a_silent_loss():
+    m = model_abc()
+    m.max_records = 100
+    for i in range(1000):
+        m.wb_error(WbError(1.0 + i / 1000, "b", i, 5))
+    m.counters(2.5, {"b": Counters(writeback_errors=1000)})
+    assert len(m.wb_errors) <= 100 and m.trimmed >= 900
+    s = m.snapshot(t=3.0)
+    assert [(l.key, l.writeback_errors) for l in s.silent_losses] == [("b", 1000)]
+
+
+def test_prune_forgets_gone_overlays_and_old_records():
+    m = model_abc()
+    m.counters(1.0, {"b": Counters(bytes_dirtied=5)})
+    m.gone("b", 2.0)
+    m.flush(Flush("sync", 1, 1, "sync", 1.0, 0.1, 0, None, None, []))
+    m.counters(5.0, {"a": Counters(bytes_dirtied=7)})
+    m.prune(3.0)
+    assert "b" not in m.metas and m.flushes == []
+    assert m.counters_at("a", 6.0).bytes_dirtied == 7

@@ -193,7 +193,7 @@ def _copy_ups(model: Model, snap: Snapshot, name) -> list[dict]:
 def _cgroups(snap: Snapshot, name, acct: dict | None, source: str) -> dict:
     if not acct:
         why = ("no cgroup of any traced container was found (no process had its root or cwd on "
-               "an overlay)" if source == "live" or acct is not None else
+               "an overlay while ovltrace looked, every 0.5s)" if source == "live" or acct is not None else
                "this recording carries no cgroup accounting")
         return {"available": False, "note": why, "containers": []}
     rows = []
@@ -218,26 +218,24 @@ def _cgroups(snap: Snapshot, name, acct: dict | None, source: str) -> dict:
 
 
 def _gap(row: dict) -> str | None:
-    """In words: where cgroup accounting misses what ovltrace saw."""
+    """In words: how cgroup accounting misses what ovltrace saw."""
     dirtied, written = row["ovltrace_bytes_dirtied"], row["ovltrace_bytes_written_back"]
     if not dirtied and not written:
         return None
     v2, v1 = row["v2"], row["v1"]
     if "wbytes" in v2:
-        charged = v2["wbytes"]
-        if charged < written / 2:
-            return (f"ovltrace saw {human_bytes(written)} of its data written back; its cgroup's "
-                    f"io.stat charged it {human_bytes(charged)} of writes.")
+        if v2["wbytes"] < written / 2:
+            return (f"its cgroup's io.stat charged {human_bytes(v2['wbytes'])} of writes for "
+                    f"{human_bytes(written)} of its data written back")
         return None
     if "wbytes" in v1 and not v1.get("shared"):
         if v1["wbytes"] < written / 2:
-            return (f"ovltrace saw {human_bytes(written)} written back; its v1 blkio cgroup was "
-                    f"charged {human_bytes(v1['wbytes'])} (v1 cannot charge buffered writeback).")
+            return (f"its v1 blkio cgroup was charged {human_bytes(v1['wbytes'])} for "
+                    f"{human_bytes(written)} written back (v1 cannot charge buffered writeback)")
         return None
     missing = ", ".join(v2.get("missing", [])) or "-"
-    return (f"ovltrace saw {human_bytes(dirtied)} dirtied and {human_bytes(written)} written back; "
-            f"its cgroup2 has no {missing} accounting"
-            + (" and its v1 memory cgroup is shared" if v1.get("shared") else "") + ".")
+    return (f"cgroup2 has no {missing} accounting"
+            + (" and the v1 memory cgroup is shared" if v1.get("shared") else ""))
 
 
 def _timelines(model: Model, snap: Snapshot, name) -> dict:
@@ -334,7 +332,13 @@ def _model_for(snap: Snapshot) -> Model:
 
 
 def _t(rows, headers, fmt) -> str:
-    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+    import tabulate as tabulate_module
+    old = tabulate_module.MIN_PADDING
+    tabulate_module.MIN_PADDING = 0      # headers as narrow as the data: fits 80 columns
+    try:
+        return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+    finally:
+        tabulate_module.MIN_PADDING = old
 
 
 def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str, str]]:
@@ -430,7 +434,7 @@ def render_table(rep: dict) -> str:
     if rep["findings"]:
         out += ["", f"Findings ({len(rep['findings'])})"]
         for f in rep["findings"]:
-            out.append(f"  [{f['severity'].upper()}] {f['title']}")
+            out += _wrap(f"  [{f['severity'].upper()}] {f['title']}", indent="    ")
             out += _wrap(f"    {f['detail']}")
             out += _wrap(f"    advice: {f['advice']}")
     for title, body in sections(rep, width=width):

@@ -20,6 +20,7 @@ text-align:right} th{background:#f4f4f4} td:first-child,th:first-child{text-alig
 .finding{border-left:5px solid #999;padding:6px 10px;margin:8px 0;background:#fafafa}
 .critical{border-color:#c62828}.warning{border-color:#ef8f00}.info{border-color:#1e88e5}
 .sev{font-weight:bold;text-transform:uppercase;font-size:12px}.muted{color:#777}
+td.t{text-align:left}
 .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}
 """
 
@@ -108,7 +109,11 @@ def _source(rep):
 
 def _table(headers, rows) -> str:
     h = "".join(f"<th>{escape(str(x))}</th>" for x in headers)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    def td(c) -> str:
+        text = str(c)
+        left = ' class="t"' if isinstance(c, str) and not text[:1].isdigit() else ""
+        return f"<td{left}>{escape(text)}</td>"
+    body = "".join("<tr>" + "".join(td(c) for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{h}</tr>{body}</table>"
 
 
@@ -120,7 +125,7 @@ def _heatmap(rep) -> str:
     victims = sorted({c["victim"] for c in cells})
     top = max(c["bytes"] for c in cells)
     cw, ch, left, head = 110, 34, 140, 70
-    w, h = left + cw * len(victims) + 10, head + ch * len(callers) + 30
+    w, h = max(620, left + cw * len(victims) + 10), head + ch * len(callers) + 30
     s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
          f'aria-label="interference heat map">',
          f'<text x="{left}" y="14" font-size="12" fill="#555">victim (whose data was written '

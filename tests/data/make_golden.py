@@ -11,7 +11,10 @@ containers work, so the files are what a user's recording looks like:
                  32 MiB lower file, then small writes); each in its own cgroup.
   leak.jsonl.gz  the deterministic error leak (workloads.error_leak_scenario):
                  B's writes fail at writeback, A's syncfs gets EIO, B is told
-                 nothing by syncfs.
+                 nothing by syncfs (its fsync then reports the loss).
+  loss.jsonl.gz  the same upper fs, but B writes and exits without fsync:
+                 A's syncfs gets B's EIO (a leak) and B is never told (a
+                 silent loss).
 tests/test_audit_golden.py checks what audit finds in them.
 """
 from __future__ import annotations
@@ -104,13 +107,36 @@ def make_leak(path: str) -> None:
         raise SystemExit(f"the leak did not happen (A's syncfs = {result.a_syncfs})")
 
 
+def make_loss(path: str) -> None:
+    from ovltrace import workloads
+    from ovltrace.sandbox import Sandbox
+    with Sandbox(errors="leak") as sb:
+        a, b = sb.add_overlay("A"), sb.add_overlay("B")
+        sb.in_cgroup("A")
+        sb.in_cgroup("B")
+        sb.exhaust_backing()
+        rec = Recorder(path, [a.mountpoint, b.mountpoint])
+        try:
+            # A writes nothing (any new block would fail too); B writes, exits
+            proc = workloads.error_writer(sb, b, total_mb=8, chunk_kb=64, hole_kb=4)
+            proc.wait(60)
+            time.sleep(0.5)
+            a_rc = workloads.syncfs(a.mountpoint)
+            time.sleep(1.0)
+        finally:
+            rec.stop()
+    print(f"{path}: A's syncfs = {a_rc}")
+    if a_rc != -5:
+        raise SystemExit(f"the leak did not happen (A's syncfs = {a_rc})")
+
+
 def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         raise SystemExit("run as root (real BPF and mounts)")
-    which = argv or ["demo", "leak"]
+    which = argv or ["demo", "leak", "loss"]
     for name in which:
         path = os.path.join(HERE, f"{name}.jsonl.gz")
-        {"demo": make_demo, "leak": make_leak}[name](path)
+        {"demo": make_demo, "leak": make_leak, "loss": make_loss}[name](path)
         print(f"wrote {path} ({os.path.getsize(path)} bytes)")
     return 0
 
