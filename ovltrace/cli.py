@@ -167,7 +167,7 @@ Examples:
   ovltrace audit --ebpf                  # print the BPF program
   ovltrace audit --from rec.jsonl.gz -o report.html     # offline HTML page
   ovltrace audit --from rec.jsonl.gz --format markdown
-  ovltrace audit -d 1m --fail-on leak,silent-loss,stall>2s   # CI gate
+  ovltrace audit -d 1m --fail-on 'leak,silent-loss,stall>2s'  # CI gate
 
 \b
 Exit status: 0 ok, 1 error, 2 bad usage; with --fail-on, the sum of

@@ -90,7 +90,7 @@ def findings(report: dict) -> list[dict]:
             out.append(_f(
                 "silent-data-loss", "critical", [e["name"]],
                 f"{e['name']} lost data and was never told",
-                f"{e['writeback_errors']} writeback errors on {len(e['inodes'])} inodes"
+                f"{e['writeback_errors']} writeback errors on {len(e['inodes'])} inode(s)"
                 + (f" (e.g. {paths[0]})" if paths else "") + "; no syncfs/fsync of it returned "
                 "an error.",
                 f"{e['name']} must fsync() files it cares about and check the result; the "
@@ -114,22 +114,23 @@ def findings(report: dict) -> list[dict]:
                 writeback_errors=e["writeback_errors"]))
 
     for o in report.get("overlays", []):
-        if "volatile" in o.get("options", []) and o.get("writeback_errors"):
+        n_err = max(o.get("writeback_errors", 0), bad.get(o["name"], {}).get("writeback_errors", 0))
+        if "volatile" in o.get("options", []) and n_err:
             out.append(_f(
                 "volatile-errors", "warning", [o["name"]],
                 f"volatile overlay {o['name']} had writeback errors",
-                f"{o['writeback_errors']} writeback errors on a volatile overlay; volatile skips "
-                "sync, so nobody in it is told.",
+                f"{n_err} writeback errors on a volatile overlay; volatile skips sync, so "
+                "nobody in it is told.",
                 "Only keep volatile where the data is disposable; the overlay must be recreated "
                 "after errors (overlayfs refuses to remount it).",
-                writeback_errors=o["writeback_errors"]))
+                writeback_errors=n_err))
 
     for h in report.get("copy_up_hotspots", []):
         if h["copy_ups"] and h["copy_up_bytes"] / h["copy_ups"] >= BIG_COPY_UP:
             out.append(_f(
                 "big-copy-up", "info", [h["name"]],
                 f"{h['name']} copied up big lower files",
-                f"{h['copy_ups']} copy-ups, {human_bytes(h['copy_up_bytes'])} "
+                f"{h['copy_ups']} copy-up{'s' if h['copy_ups'] != 1 else ''}, {human_bytes(h['copy_up_bytes'])} "
                 f"({human_bytes(h['copy_up_bytes'] / h['copy_ups'])} each on average).",
                 "Writing to a big image file copies all of it to the upper fs first: keep such "
                 "files on a volume; metacopy=on avoids it for chmod/chown-only changes.",

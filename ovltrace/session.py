@@ -7,6 +7,7 @@ a `Model` and never see any of this.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class _Watched:
 class _PendingFlush:
     ev: RawEvent
     seen: float
+    target: "_Watched | None" = None   # resolved on arrival: device numbers get reused
 
 
 class Session:
@@ -64,6 +66,8 @@ class Session:
         self.sink = None                 # a recording's listener, set before start()
         self.lock = threading.RLock()    # held while the model changes (exporter threads read it)
         self._last_refresh = 0.0
+        self._mount_poll = None
+        self._mountinfo = None
         self.refresh_seconds = 0.0
         self.unattributed_events = 0
 
@@ -87,8 +91,28 @@ class Session:
         self.model.set_hooks([dict(h.__dict__) for h in self.probes.hooks()])
         self._apply(overlays, [])
         self._last_refresh = time.monotonic()
+        self._watch_mount_table()
+
+    def _watch_mount_table(self) -> None:
+        """The kernel flags /proc/self/mountinfo (POLLPRI) when this
+        namespace's mount table changes: refresh at once then, not only
+        every refresh_interval, so short-lived containers are seen."""
+        try:
+            self._mountinfo = open("/proc/self/mountinfo", "rb")
+            self._mount_poll = select.poll()
+            self._mount_poll.register(self._mountinfo.fileno(), select.POLLPRI | select.POLLERR)
+        except OSError:
+            self._mount_poll = None
+
+    def _mounts_changed(self) -> bool:
+        if self._mount_poll is None:
+            return False
+        return bool(self._mount_poll.poll(0))
 
     def close(self) -> None:
+        if self._mountinfo is not None:
+            self._mountinfo.close()
+            self._mountinfo = None
         if self.probes is not None:
             self.probes.close()
             self.probes = None
@@ -183,7 +207,8 @@ class Session:
         with self.lock:
             for ev in events:
                 self._on_event(ev)
-            if time.monotonic() - self._last_refresh >= self.refresh_interval:
+            if self._mounts_changed() or \
+                    time.monotonic() - self._last_refresh >= self.refresh_interval:
                 self._last_refresh = time.monotonic()
                 self.refresh_mounts()
                 self._expire()
@@ -227,7 +252,7 @@ class Session:
     # ---- events --------------------------------------------------------------
     def _on_event(self, ev: RawEvent) -> None:
         if ev.type == bpfdefs.EV_FLUSH:
-            self.pending.append(_PendingFlush(ev, self.now()))
+            self.pending.append(_PendingFlush(ev, self.now(), self._flush_target(ev)))
         elif ev.type == bpfdefs.EV_WB_ERROR:
             key = self.by_slotgen.get((ev.slot, ev.gen))
             if key is None:
@@ -271,31 +296,36 @@ class Session:
                 if last:
                     end_ns = max(end_ns, last)
                 self.probes.forget_flush(ev.flush_id, ev.tid)
-            f = self._flush(ev, end_ns, victims.get(ev.flush_id, {}))
+            f = self._flush(ev, p.target, end_ns, victims.get(ev.flush_id, {}))
             if f is not None:
                 self.model.flush(f)
 
-    def _flush(self, ev: RawEvent, end_ns: int, victims: dict) -> Flush | None:
+    def _flush_target(self, ev: RawEvent) -> _Watched | None:
+        """The overlay a syncfs (by its fd's device) or an umount (by its
+        path) targeted, looked up while it is still known."""
+        kind = bpfdefs.FLUSH_KINDS.get(ev.kind)
+        if kind == "syncfs":
+            return self.ovl_by_dev.get(ev.dev)
+        if kind == "umount":
+            return self._overlay_at(ev.path)
+        return None
+
+    def _flush(self, ev: RawEvent, w: _Watched | None, end_ns: int, victims: dict) -> Flush | None:
         kind = bpfdefs.FLUSH_KINDS.get(ev.kind, "?")
         target = None
         upper_dev = None
-        if kind == "syncfs":
-            w = self.ovl_by_dev.get(ev.dev)
-            if w is not None:
-                target, upper_dev = w.key, format_dev(w.upper_dev)
-            elif ev.dev in self.upper:
-                upper_dev = format_dev(ev.dev)
-        elif kind == "umount":
-            w = self._overlay_at(ev.path)
-            if w is not None:
-                target, upper_dev = w.key, format_dev(w.upper_dev)
+        if w is not None:
+            target, upper_dev = w.key, format_dev(w.upper_dev)
+        elif kind == "syncfs" and ev.dev in self.upper:
+            upper_dev = format_dev(ev.dev)
         vs = [Victim(self.by_slotgen[k], b) for k, b in victims.items() if k in self.by_slotgen]
         vs.sort(key=lambda v: -v.bytes_written_back)
         if kind != "sync" and target is None and upper_dev is None and not vs:
             return None                       # a flush of some other filesystem
         container = None
-        if target is not None and self.model.metas[target].container:
-            container = self.model.metas[target].container
+        meta = self.model.metas.get(target) if target else None
+        if meta is not None and meta.container:
+            container = meta.container
         else:
             container = _ref(self._container_of_pid(ev.pid))
         return Flush(kind=kind, pid=ev.pid, tid=ev.tid, comm=ev.comm, start=self._t(ev.ts_ns),
@@ -307,7 +337,7 @@ class Session:
         if not path:
             return None
         norm = os.path.normpath(path)
-        for w in self.ovl_by_dev.values():
+        for w in self.watched.values():       # live ones and those in their grace period
             if w.ov is not None and os.path.normpath(w.ov.mountpoint) == norm:
                 return w
         return None

@@ -438,9 +438,10 @@ def render_table(rep: dict) -> str:
             out += _wrap(f"    {f['detail']}")
             out += _wrap(f"    advice: {f['advice']}")
     for title, body in sections(rep, width=width):
-        lines = body.split("\n")
-        if lines[-1].startswith("note: "):
-            lines[-1:] = _wrap(lines[-1], indent="  ")
+        lines = []
+        for line in body.split("\n"):
+            prose = line.startswith(("note: ", "not available: "))
+            lines += _wrap(line, indent="  ") if prose else [line]
         out += ["", *_wrap(title, indent=""), *lines]
     return "\n".join(out)
 
@@ -448,7 +449,7 @@ def render_table(rep: dict) -> str:
 def _wrap(text: str, width: int = 79, indent: str = "      ") -> list[str]:
     import textwrap
     lead = len(text) - len(text.lstrip())
-    return textwrap.wrap(text.lstrip(), width, initial_indent=text[:lead],
+    return textwrap.wrap(text.lstrip(), width, initial_indent=text[:lead], break_on_hyphens=False,
                          subsequent_indent=indent) or [""]
 
 
