@@ -10,7 +10,13 @@
 enum dirty_class { DC_PAGES, DC_SYNC, DC_DATASYNC, DC_TIME, DC_NR };
 enum role { ROLE_NONE = 0, ROLE_UPPER = 1, ROLE_WORK = 2, ROLE_FS = 3 };
 enum flush_kind { FLUSH_SYNCFS = 1, FLUSH_SYNC = 2, FLUSH_UMOUNT = 3 };
-enum event_type { EV_FLUSH = 1, EV_WB_ERROR = 2, EV_ERR_RETURNED = 3 };
+enum event_type { EV_FLUSH = 1, EV_WB_ERROR = 2, EV_ERR_RETURNED = 3,
+		  EV_FLUSH_DONE = 4 /* umount: its sync_filesystem returned */ };
+
+/* config[] indexes */
+enum config_idx { CFG_EPOCH = 0, CFG_FN_COPY_UP = 1 /* ovl_copy_up_flags hooked */, CFG_NR = 4 };
+
+#define COPYUP_LAT_SLOTS 16   /* log2(microseconds) buckets of copy-up latency */
 enum ret_kind { RK_SYNCFS = 1, RK_FSYNC = 2, RK_FDATASYNC = 3 };
 
 /* counters[] indexes: the tool's own health, exported as self-metrics */
@@ -38,6 +44,12 @@ struct ovl_stats {              /* per slot, per CPU */
 	u64 fsync_calls;            /* fsync + fdatasync on files of this overlay */
 	u64 syncfs_calls;           /* syncfs on this overlay */
 	u64 errors_returned;        /* syncfs/fsync/fdatasync that returned < 0 here */
+	/* function hooks only (zero on the tracepoint path) */
+	u64 copy_ups_meta;          /* metadata-only copy-ups (metacopy=on) */
+	u64 copy_up_failures;       /* ovl_copy_up_flags returned < 0 */
+	u64 copy_up_ns;             /* total time in copy-ups that copied */
+	u64 copy_up_lat[COPYUP_LAT_SLOTS];
+	u64 sb_err_advances;        /* upper fs slot: syncs during which s_wb_err moved */
 };
 
 struct dirty_val { u32 slot; u32 gen; u64 since_ns; u64 ino; };
@@ -52,6 +64,10 @@ struct flush_state {            /* a flush in progress, per calling thread */
 	u32 target_dev;             /* s_dev of the fd's sb (syncfs); 0: all */
 	u32 pid;
 	u32 tid;
+	u32 synced_dev;             /* sync_filesystem: the upper sb it synced */
+	u32 sb_errseq0;             /* its s_wb_err when that sync began */
+	u32 sb_errseq;              /* ... and when it returned */
+	u32 sb_err_advanced;        /* the sb-level errseq moved during the flush */
 	char comm[COMM_LEN];
 	char path[PATH_LEN];        /* umount: the path argument */
 };
@@ -72,6 +88,10 @@ struct event {
 	u64 ino;
 	u64 flush_id;
 	u64 cgroup_id;
+	u32 synced_dev;             /* EV_FLUSH*: upper sb synced (function hook) */
+	u32 sb_errseq;
+	u32 sb_err_advanced;
+	u32 pad;
 	char comm[COMM_LEN];
 	char path[PATH_LEN];
 };

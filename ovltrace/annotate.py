@@ -69,6 +69,8 @@ class Annotator:
         self.cgroups = CgroupAccounting()
         self._next = 0.0
         self._next_find = 0.0
+        self._find_every = FIND_INTERVAL
+        self._unknown: frozenset = frozenset()
         self.accounting: dict = {}
         self.paths: dict = {}
 
@@ -84,12 +86,17 @@ class Annotator:
             self.cgroups.sample(self._overlays())
         elif now >= self._next_find:
             # short-lived processes (a job that writes and exits) need a
-            # quicker look; only for overlays whose cgroup is still unknown
-            self._next_find = now + FIND_INTERVAL
+            # quicker look; only for overlays whose cgroup is still unknown.
+            # Nothing found: look less often (a /proc walk costs on big hosts).
             overlays = self._overlays()
-            if any(k not in self.cgroups.cgroups for k in overlays) \
-                    and self.cgroups.find_cgroups(overlays):
+            unknown = frozenset(k for k in overlays if k not in self.cgroups.cgroups)
+            if unknown != self._unknown:
+                self._unknown, self._find_every = unknown, FIND_INTERVAL
+            if unknown and self.cgroups.find_cgroups(overlays):
                 self.cgroups.sample(overlays)
+            elif unknown:
+                self._find_every = min(8.0, self._find_every * 1.5)
+            self._next_find = now + self._find_every
 
     def finish(self, writer=None) -> None:
         self.cgroups.sample(self._overlays())

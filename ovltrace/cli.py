@@ -286,8 +286,8 @@ def top(delay, batch, iterations, replay, sort, overlays, btf, ebpf):
 
 @cli.command(epilog="""\b
 Examples:
-  ovltrace exporter                             # http://localhost:19435/metrics
-  ovltrace exporter --web.listen-address :19435 # all interfaces
+  ovltrace exporter                       # localhost:19435/metrics
+  ovltrace exporter --web.listen-address :19435   # all interfaces
   ovltrace exporter --top-n 20 --labels container,pod,namespace,device
   ovltrace exporter --bpf-stats                 # + BPF cost per event
   curl -s localhost:19435/metrics | grep ^ovltrace_overlay_dirtied

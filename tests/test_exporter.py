@@ -117,6 +117,23 @@ def test_error_returned_clears_unreported_and_no_leak_for_own_errors():
     assert value(s, "ovltrace_error_leaks_total") == 1      # o2's own error is no leak
 
 
+def test_flushes_counted_once_when_the_model_trims_and_prunes():
+    m = Model()
+    names(m, 2)
+    m.max_records = 40                 # trims the oldest 3/4 past 40
+    c = collector(m)
+    n = 0
+    for step in range(1, 30):
+        for _ in range(7):
+            n += 1
+            m.flush(Flush("syncfs", 1, 1, "s", step + n / 1000, 0.001, 0, "o0", "7:1",
+                          [Victim("o1", 1)]))
+        if step % 10 == 0:
+            m.prune(step - 2.0)
+        s, _ = scrape(c)
+        assert value(s, "ovltrace_flush_duration_seconds_count", container="c0000") == n
+
+
 def test_labels_flag_drops_labels_and_merges():
     s, text = scrape(collector(demo_like_model(), labels=("pod",)))
     promtool_metrics(text)

@@ -193,7 +193,7 @@ def _copy_ups(model: Model, snap: Snapshot, name) -> list[dict]:
 def _cgroups(snap: Snapshot, name, acct: dict | None, source: str) -> dict:
     if not acct:
         why = ("no cgroup of any traced container was found (no process had its root or cwd on "
-               "an overlay while ovltrace looked, every 0.5s)" if source == "live" or acct is not None else
+               "an overlay when ovltrace looked: every 0.5s, less often while none is found)" if source == "live" or acct is not None else
                "this recording carries no cgroup accounting")
         return {"available": False, "note": why, "containers": []}
     rows = []
@@ -293,7 +293,8 @@ def check_gates(report: dict, gates: dict) -> tuple[int, list[str]]:
         why.append(f"leak: {len(report['leaks'])} error(s) handed to a container that did not cause them")
     if gates.get("silent-loss") and report["silent_losses"]:
         code |= GATE_CODES["silent-loss"]
-        why.append(f"silent-loss: {', '.join(l['overlay'] for l in report['silent_losses'])}")
+        names = [e["name"] for e in report["errors_by_container"] if e["silent_loss"]]
+        why.append(f"silent-loss: {', '.join(names)} lost data and was never told")
     if "stall" in gates:
         bad = [f for f in report["worst_flushes"]
                if f["others_bytes"] > 0 and f["duration_seconds"] > gates["stall"]]

@@ -128,7 +128,7 @@ class OverlayCollector:
         self.seen: dict[str, _Seen] = {}
         self.expired: set[str] = set()
         self.metas = {}
-        self.n_flushes = self.n_wb = self.n_ret = 0
+        self._last: dict[str, tuple] = {}                    # records list -> (last consumed, its t)
         self.acc: dict[tuple, Counters] = {}                 # overlay labelset -> counters
         self.wb_err: dict[tuple, int] = {}                   # (ls, errno)
         self.returned: dict[tuple, int] = {}                 # (ls, call, errno)
@@ -190,31 +190,45 @@ class OverlayCollector:
                 return {}
             if id(model) != self._model_id:
                 self._reset(model)
+            if len(self.expired) > len(model.metas):     # pruned keys: forget them
+                self.expired = {k for k in self.expired if k in model.metas}
             totals = {}
             for key, meta in model.metas.items():
                 if key in self.expired:
                     continue
                 s = model.samples.get(key)
                 totals[key] = (meta, s[-1][1] if s else Counters(), meta.gone_at)
-            # a model never shrinks its lists; if one did, start over from it
-            if len(model.flushes) < self.n_flushes or len(model.wb_errors) < self.n_wb \
-                    or len(model.errors_returned) < self.n_ret:
-                self.n_flushes = self.n_wb = self.n_ret = 0
             view = {
                 "now": model.now,
                 "metas": dict(model.metas),
                 "totals": totals,
                 "dirty": dict(model.dirty_now),
-                "flushes": model.flushes[self.n_flushes:],
-                "wb_errors": model.wb_errors[self.n_wb:],
-                "returned": model.errors_returned[self.n_ret:],
+                "flushes": self._new("flushes", model.flushes, lambda f: f.start + f.duration),
+                "wb_errors": self._new("wb_errors", model.wb_errors, lambda e: e.t),
+                "returned": self._new("returned", model.errors_returned, lambda e: e.t),
                 "hooks": list(model.hooks),
                 "self": dict(model.self_stats),
             }
-            self.n_flushes = len(model.flushes)
-            self.n_wb = len(model.wb_errors)
-            self.n_ret = len(model.errors_returned)
         return view
+
+    def _new(self, name: str, records: list, when) -> list:
+        """Records appended since the previous scrape.  The model appends,
+        trims the oldest (a cap) and prunes by time, so positions shift: find
+        the last record consumed (by identity, from the end); if it is gone,
+        everything kept that is newer than its time."""
+        last = self._last.get(name)
+        new = records
+        if last is not None:
+            obj, t = last
+            for i in range(len(records) - 1, -1, -1):
+                if records[i] is obj:
+                    new = records[i + 1:]
+                    break
+            else:
+                new = [r for r in records if when(r) > t]
+        if new:
+            self._last[name] = (new[-1], when(new[-1]))
+        return list(new)
 
     # ---- updating the accumulators (outside the lock) ----------------------
     def _update(self, view: dict) -> None:
@@ -268,6 +282,8 @@ class OverlayCollector:
         for key, (meta, _t, gone) in view["totals"].items():
             if gone is not None and now - gone > cfg.gone_ttl:
                 self._expire(key)
+        for key in [k for k in self.seen if k not in view["totals"]]:
+            self._expire(key)           # pruned from the model (session retention)
 
     def _add_fs(self, dev: str, scope: str, delta: Counters) -> None:
         k = (dev, scope)
@@ -812,8 +828,10 @@ def run_exporter(listen: str, telemetry_path: str, config: ExporterConfig,
     server = make_server(host, port, None)
     thread = None
     try:
+        # the model forgets what ended well after the series expired
         with BpfStatsSwitch(bpf_stats), Stopper() as stopper, \
-                Session(btf=btf, only=overlays or None) as session:
+                Session(btf=btf, only=overlays or None,
+                        retention=config.gone_ttl + 600) as session:
             state["session"] = session
             collector = OverlayCollector(lambda: session.model, session.lock, config,
                                          bpf_programs=programs)
