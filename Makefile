@@ -7,7 +7,7 @@ PY        ?= /usr/bin/python3
 VENV      := .venv
 APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
              e2fsprogs xfsprogs util-linux
-APT_TEST  := tmux bpftrace busybox-static docker.io podman runc prometheus chromium
+APT_TEST  := tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml
 APT_VM    := qemu-system-x86 linux-image-amd64 linux-headers-amd64
 
 .PHONY: setup setup-test setup-vm demo test test-host test-vm bench clean

@@ -82,6 +82,15 @@ static __always_inline u32 cur_epoch(void)
 	return e ? *e : 0;
 }
 
+/* Is ovl_copy_up_flags hooked?  Then the workdir estimate stays quiet:
+ * copy-ups are counted once, exactly, by the function hook. */
+static __always_inline int fn_copy_up_on(void)
+{
+	u32 idx = CFG_FN_COPY_UP;
+	u32 *v = config.lookup(&idx);
+	return v && *v;
+}
+
 static __always_inline int slot_alive(u32 slot, u32 gen)
 {
 	u32 *g = slot_gen.lookup(&slot);
@@ -320,9 +329,10 @@ static __always_inline void on_inode_dirty(void *inode, u64 flags)
 	struct ovl_stats *s = slot_stats(o.slot);
 	if (!s)
 		return;
+	int estimate = o.role == ROLE_WORK && !fn_copy_up_on();   /* rare: workdir only */
 	if (bytes) {
 		s->bytes_dirtied += bytes;
-		if (o.role == ROLE_WORK)
+		if (estimate)
 			s->copy_up_bytes += bytes;
 	}
 	if (flags & K_I_DIRTY_PAGES)
@@ -333,7 +343,7 @@ static __always_inline void on_inode_dirty(void *inode, u64 flags)
 		s->dirty_calls[DC_DATASYNC]++;
 	if (flags & K_I_DIRTY_TIME)
 		s->dirty_calls[DC_TIME]++;
-	if (o.role == ROLE_WORK)
+	if (estimate)
 		note_copy_up_temp(inode, &o, s);
 
 	if (o.state & K_I_DIRTY)
@@ -389,6 +399,9 @@ static __always_inline void emit_flush(struct flush_state *st, s64 ret, u64 end)
 	e->end_ns = end;
 	e->flush_id = st->id;
 	e->cgroup_id = st->cgroup_id;
+	e->synced_dev = st->synced_dev;
+	e->sb_errseq = st->sb_errseq;
+	e->sb_err_advanced = st->sb_err_advanced;
 	__builtin_memcpy(e->comm, st->comm, COMM_LEN);
 	__builtin_memcpy(e->path, st->path, PATH_LEN);
 	events.ringbuf_submit(e, 0);
@@ -520,12 +533,17 @@ static __always_inline void on_inode_written(void *inode, u64 pages)
 
 /* ---- writeback errors ------------------------------------------------- */
 
-static __always_inline void on_wb_error(void *mapping)
+/* errno > 0: given by the hook (__filemap_set_wb_err's err); else read
+ * from the mapping. */
+static __always_inline void on_wb_error(void *mapping, s32 errno)
 {
-	/* The tracepoint passes errseq_set()'s return value, which is the
-	 * value BEFORE the error: read the new one from the mapping. */
-	u32 errseq = 0;
-	KREAD(errseq, mapping, address_space_wb_err);
+	if (errno <= 0) {
+		/* The tracepoint passes errseq_set()'s return value, which is the
+		 * value BEFORE the error: read the new one from the mapping. */
+		u32 errseq = 0;
+		KREAD(errseq, mapping, address_space_wb_err);
+		errno = errseq & 0xfff;           /* errseq_t keeps -errno in its low bits */
+	}
 	u64 inode = 0;
 	KREAD(inode, mapping, address_space_host);
 	if (!inode)
@@ -547,7 +565,7 @@ static __always_inline void on_wb_error(void *mapping)
 	e->gen = o.gen;
 	e->dev = o.dev;
 	e->ino = o.ino;
-	e->err = errseq & 0xfff;              /* errseq_t keeps -errno in its low bits */
+	e->err = errno;
 	e->ts_ns = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	e->pid = id >> 32;
@@ -717,7 +735,7 @@ RAW_TRACEPOINT_PROBE(writeback_written)
 /* TP_PROTO(struct address_space *mapping, int eseq) */
 RAW_TRACEPOINT_PROBE(filemap_set_wb_err)
 {
-	on_wb_error((void *)ctx->args[0]);
+	on_wb_error((void *)ctx->args[0], 0);
 	return 0;
 }
 #endif
@@ -790,6 +808,275 @@ TRACEPOINT_PROBE(syscalls, sys_enter_fdatasync)
 TRACEPOINT_PROBE(syscalls, sys_exit_fdatasync)
 {
 	on_fsync_exit(args->ret);
+	return 0;
+}
+#endif
+
+
+/* ==== function hooks ====================================================
+ * Each is compiled in both flavours, fentry/fexit (KFUNC_PROBE) and
+ * kprobe/kretprobe; probes.py attaches one of them, or the tracepoint
+ * stand-in above, per hook, never two (bcc's autoload is off). */
+
+/* ---- ovl_copy_up_flags(struct dentry *dentry, int flags) ----------------
+ * Whether a copy-up really happened, and of what, is read from the
+ * overlay inode before and after: OVL_I(inode)->__upperdentry (has an
+ * upper) and OVL_UPPERDATA in OVL_I(inode)->flags (its data is upper;
+ * clear after a metadata-only copy-up). */
+#ifdef FN_copy_up
+struct copyup_state { u64 inode; u64 start_ns; u64 size; u32 slot; u32 gen; u32 flags; u32 before; };
+BPF_HASH(copyup_inflight, u32, struct copyup_state, 4096);   /* tid -> copy-up */
+
+#define UP_HAS_UPPER 1
+#define UP_DATA 2
+static __always_inline u32 ovl_upper_state(void *inode)
+{
+	void *oi = inode - OFF_ovl_inode_vfs_inode;
+	u64 upper = 0, flags = 0;
+	bpf_probe_read_kernel(&upper, sizeof(upper), oi + OFF_ovl_inode___upperdentry);
+	bpf_probe_read_kernel(&flags, sizeof(flags), oi + OFF_ovl_inode_flags);
+	return (upper ? UP_HAS_UPPER : 0) | ((flags >> K_OVL_UPPERDATA) & 1 ? UP_DATA : 0);
+}
+
+static __always_inline int upper_has_data(u32 st)
+{
+	return (st & (UP_HAS_UPPER | UP_DATA)) == (UP_HAS_UPPER | UP_DATA);
+}
+
+static __always_inline void on_copy_up_enter(void *dentry, u32 flags)
+{
+	u64 sb = 0, inode = 0;
+	u32 dev = 0, mode = 0;
+	KREAD(sb, dentry, dentry_d_sb);
+	if (!sb)
+		return;
+	KREAD(dev, sb, super_block_s_dev);
+	struct slot_ref *ov = ovl_devs.lookup(&dev);
+	if (!ov || !slot_alive(ov->slot, ov->gen))
+		return;
+	KREAD(inode, dentry, dentry_d_inode);
+	if (!inode)
+		return;
+	KREAD(mode, inode, inode_i_mode);
+	if ((mode & 0170000) != 0100000)      /* regular files, like the estimate */
+		return;
+	u32 before = ovl_upper_state((void *)inode);
+	if (upper_has_data(before))
+		return;                           /* nothing to copy: most calls */
+	struct copyup_state cs = { .inode = inode, .start_ns = bpf_ktime_get_ns(),
+	                           .slot = ov->slot, .gen = ov->gen, .flags = flags,
+	                           .before = before };
+	KREAD(cs.size, inode, inode_i_size);
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	copyup_inflight.update(&tid, &cs);
+}
+
+static __always_inline void on_copy_up_return(s64 ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct copyup_state *cs = copyup_inflight.lookup(&tid);
+	if (!cs)
+		return;
+	struct ovl_stats *s = slot_alive(cs->slot, cs->gen) ? slot_stats(cs->slot) : 0;
+	if (s && ret < 0) {
+		s->copy_up_failures++;
+	} else if (s) {
+		u32 after = ovl_upper_state((void *)cs->inode);
+		int copied = (!(cs->before & UP_HAS_UPPER) && (after & UP_HAS_UPPER)) ||
+		             (!upper_has_data(cs->before) && upper_has_data(after));
+		if (copied) {
+			s->copy_ups++;
+			if (!upper_has_data(after))
+				s->copy_ups_meta++;       /* metacopy: data stays below */
+			else if (!(cs->flags & K_O_TRUNC))
+				s->copy_up_bytes += cs->size;   /* O_TRUNC copies no data */
+			u64 ns = bpf_ktime_get_ns() - cs->start_ns;
+			s->copy_up_ns += ns;
+			u64 us = ns / 1000;
+			u32 b = 0;
+#pragma unroll
+			for (int i = 1; i < COPYUP_LAT_SLOTS; i++)
+				if (us >> i)
+					b = i;
+			s->copy_up_lat[b & (COPYUP_LAT_SLOTS - 1)]++;
+		}
+	}
+	copyup_inflight.delete(&tid);
+}
+
+KFUNC_PROBE(ovl_copy_up_flags, void *dentry, void *flags)
+{
+	on_copy_up_enter(dentry, (u32)(u64)flags);
+	return 0;
+}
+
+KRETFUNC_PROBE(ovl_copy_up_flags, void *dentry, void *flags, void *ret)
+{
+	on_copy_up_return((s32)(s64)ret);
+	return 0;
+}
+
+int kprobe__ovl_copy_up_flags(struct pt_regs *ctx)
+{
+	on_copy_up_enter((void *)PT_REGS_PARM1(ctx), (u32)PT_REGS_PARM2(ctx));
+	return 0;
+}
+
+int kretprobe__ovl_copy_up_flags(struct pt_regs *ctx)
+{
+	on_copy_up_return((s32)PT_REGS_RC(ctx));
+	return 0;
+}
+#endif
+
+/* ---- sync_filesystem(struct super_block *sb) -----------------------------
+ * Nests: syncfs(overlay fd) -> sync_filesystem(overlay sb) -> ovl_sync_fs
+ * -> sync_filesystem(upper sb); an overlay's umount runs the same after the
+ * syscall (task work).  Seen only inside a flush we track. */
+#ifdef FN_sync_fs
+#define SFS_DEPTH 4
+struct sfs_frame { u64 sb; u32 dev; u32 errseq0; u32 upper; u32 pad; };
+struct sfs_stack { u32 depth; u32 pad; struct sfs_frame f[SFS_DEPTH]; };
+BPF_HASH(sfs_inflight, u32, struct sfs_stack, 1024);         /* tid -> frames */
+
+#define ERRSEQ_SEEN (1U << 12)
+
+static __always_inline void on_sync_fs_enter(void *sb)
+{
+	struct flush_state *st = current_flush();
+	if (!st)
+		return;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct sfs_stack *stk = sfs_inflight.lookup(&tid);
+	if (!stk) {
+		struct sfs_stack zero = {};
+		sfs_inflight.update(&tid, &zero);
+		stk = sfs_inflight.lookup(&tid);
+		if (!stk)
+			return;
+	}
+	u32 d = stk->depth;
+	stk->depth = d + 1;
+	if (d >= SFS_DEPTH)
+		return;
+	struct sfs_frame *f = &stk->f[d & (SFS_DEPTH - 1)];
+	f->sb = (u64)sb;
+	f->dev = 0;
+	KREAD(f->dev, sb, super_block_s_dev);
+	f->errseq0 = 0;
+	KREAD(f->errseq0, sb, super_block_s_wb_err);
+	u32 dev = f->dev;
+	f->upper = upper_devs.lookup(&dev) ? 1 : 0;
+	if (f->upper) {
+		st->synced_dev = dev;
+		st->sb_errseq0 = f->errseq0;
+	}
+}
+
+static __always_inline void on_sync_fs_return(void)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct sfs_stack *stk = sfs_inflight.lookup(&tid);
+	if (!stk || !stk->depth)
+		return;
+	u32 d = stk->depth - 1;
+	stk->depth = d;
+	struct flush_state *st = flushes.lookup(&tid);
+	if (d < SFS_DEPTH && st) {
+		struct sfs_frame *f = &stk->f[d & (SFS_DEPTH - 1)];
+		if (f->upper) {
+			u32 errseq = 0;
+			KREAD(errseq, f->sb, super_block_s_wb_err);
+			st->sb_errseq = errseq;
+			if ((errseq ^ f->errseq0) & ~ERRSEQ_SEEN) {
+				st->sb_err_advanced = 1;
+				u32 dev = f->dev;
+				struct slot_ref *u = upper_devs.lookup(&dev);
+				struct ovl_stats *s = u ? slot_stats(u->slot) : 0;
+				if (s)
+					s->sb_err_advances++;
+			}
+		}
+	}
+	if (d)
+		return;
+	sfs_inflight.delete(&tid);
+	if (!st || st->kind != FLUSH_UMOUNT || !st->exit_ns)
+		return;
+	/* The umount's flush is over: say so now, no need to wait for its
+	 * writeback to go quiet. */
+	u64 now = bpf_ktime_get_ns();
+	flush_last.update(&st->id, &now);
+	struct event *e = events.ringbuf_reserve(sizeof(struct event));
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		e->type = EV_FLUSH_DONE;
+		e->kind = st->kind;
+		e->tid = tid;
+		e->flush_id = st->id;
+		e->end_ns = now;
+		e->synced_dev = st->synced_dev;
+		e->sb_errseq = st->sb_errseq;
+		e->sb_err_advanced = st->sb_err_advanced;
+		events.ringbuf_submit(e, 0);
+	} else {
+		count(CNT_EVENTS_DROPPED);
+	}
+	flushes.delete(&tid);
+}
+
+KFUNC_PROBE(sync_filesystem, void *sb)
+{
+	on_sync_fs_enter(sb);
+	return 0;
+}
+
+KRETFUNC_PROBE(sync_filesystem, void *sb, void *ret)
+{
+	on_sync_fs_return();
+	return 0;
+}
+
+int kprobe__sync_filesystem(struct pt_regs *ctx)
+{
+	on_sync_fs_enter((void *)PT_REGS_PARM1(ctx));
+	return 0;
+}
+
+int kretprobe__sync_filesystem(struct pt_regs *ctx)
+{
+	on_sync_fs_return();
+	return 0;
+}
+#endif
+
+/* ---- __mark_inode_dirty(struct inode *inode, int flags) ---------------- */
+#ifdef FN_inode_dirty
+KFUNC_PROBE(__mark_inode_dirty, void *inode, void *flags)
+{
+	on_inode_dirty(inode, (u32)(u64)flags);
+	return 0;
+}
+
+int kprobe____mark_inode_dirty(struct pt_regs *ctx)
+{
+	on_inode_dirty((void *)PT_REGS_PARM1(ctx), (u32)PT_REGS_PARM2(ctx));
+	return 0;
+}
+#endif
+
+/* ---- __filemap_set_wb_err(struct address_space *mapping, int err) --------
+ * Stands in for errseq_set(), which no mechanism can hook (notrace). */
+#ifdef FN_wb_error
+KFUNC_PROBE(__filemap_set_wb_err, void *mapping, void *err)
+{
+	on_wb_error(mapping, -(s32)(s64)err);
+	return 0;
+}
+
+int kprobe____filemap_set_wb_err(struct pt_regs *ctx)
+{
+	on_wb_error((void *)PT_REGS_PARM1(ctx), -(s32)PT_REGS_PARM2(ctx));
 	return 0;
 }
 #endif

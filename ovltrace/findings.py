@@ -130,7 +130,8 @@ def findings(report: dict) -> list[dict]:
             out.append(_f(
                 "big-copy-up", "info", [h["name"]],
                 f"{h['name']} copied up big lower files",
-                f"{h['copy_ups']} copy-up{'s' if h['copy_ups'] != 1 else ''}, {human_bytes(h['copy_up_bytes'])} "
+                f"{h['copy_ups']} copy-up{'s' if h['copy_ups'] != 1 else ''}, "
+                f"{human_bytes(h['copy_up_bytes'])} "
                 f"({human_bytes(h['copy_up_bytes'] / h['copy_ups'])} each on average).",
                 "Writing to a big image file copies all of it to the upper fs first: keep such "
                 "files on a volume; metacopy=on avoids it for chmod/chown-only changes.",

@@ -70,6 +70,7 @@ class Session:
         self._mountinfo = None
         self.refresh_seconds = 0.0
         self.unattributed_events = 0
+        self.cgroups = CgroupIds()
 
     # ---- clock -------------------------------------------------------------
     def now(self) -> float:
@@ -327,7 +328,7 @@ class Session:
         if meta is not None and meta.container:
             container = meta.container
         else:
-            container = _ref(self._container_of_pid(ev.pid))
+            container = _ref(self._container_of(ev.pid, ev.cgroup_id))
         return Flush(kind=kind, pid=ev.pid, tid=ev.tid, comm=ev.comm, start=self._t(ev.ts_ns),
                      duration=max(0.0, (end_ns - ev.ts_ns) / 1e9), ret=ev.err, target=target,
                      upper_dev=upper_dev, victims=vs, caller_container=container,
@@ -342,11 +343,59 @@ class Session:
                 return w
         return None
 
-    def _container_of_pid(self, pid: int):
+    def _container_of(self, pid: int, cgroup_id: int):
+        """The caller's container: from the cgroup v2 id BPF recorded (the
+        process may be gone by now), else from /proc/<pid>/cgroup."""
+        path = self.cgroups.path(cgroup_id) if cgroup_id else None
+        if path and path != "/":
+            c = self.resolver.for_cgroup(path)
+            if c is not None:
+                return c
         try:
             return self.resolver.for_cgroup(cgroup_of_pid(pid))
         except (OSError, ValueError):
             return None
+
+
+class CgroupIds:
+    """cgroup v2 id (the inode number of its directory, what
+    bpf_get_current_cgroup_id returns) -> cgroup path."""
+
+    def __init__(self):
+        self.root = _cgroup2_root()
+        self.paths: dict[int, str] = {}
+        self._scanned = 0.0
+
+    def path(self, cgroup_id: int) -> str | None:
+        if self.root is None:
+            return None
+        if cgroup_id not in self.paths and time.monotonic() - self._scanned > 1.0:
+            self._scan()
+        return self.paths.get(cgroup_id)
+
+    def _scan(self) -> None:
+        self._scanned = time.monotonic()
+        paths = {}
+        for dirpath, dirnames, _files in os.walk(self.root):
+            try:
+                paths[os.stat(dirpath).st_ino] = "/" + os.path.relpath(dirpath, self.root).lstrip(".")
+            except OSError:
+                continue
+            if len(paths) > 100000:
+                break
+        self.paths = paths
+
+
+def _cgroup2_root() -> str | None:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
+        pass
+    return None
 
 
 def _ref(c) -> ContainerRef | None:

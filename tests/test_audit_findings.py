@@ -22,7 +22,8 @@ def model(volatile_b: bool = False) -> Model:
                           upperdir=f"/srv/up/{name}/diff", workdir=f"/srv/up/{name}/work",
                           options=("volatile",) if volatile_b and name == "b" else (),
                           fstype="ext4", dev=f"0:{40 + int(key[1])}"))
-    m.counters(1.0, {"o1.1": Counters(), "o2.1": Counters(bytes_dirtied=64 * MiB, bytes_written_back=64 * MiB)})
+    m.counters(1.0, {"o1.1": Counters(),
+                     "o2.1": Counters(bytes_dirtied=64 * MiB, bytes_written_back=64 * MiB)})
     return m
 
 

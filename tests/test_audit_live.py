@@ -5,9 +5,7 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 

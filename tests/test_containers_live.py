@@ -147,3 +147,28 @@ def test_live_removed_container_forgotten(containers):
     assert web_keys[0] not in {ov.key for ov in discover()}
     assert resolver.for_overlay(before[web_keys[0]]) is None
     assert resolver.for_id(containers["docker"]) is None
+
+
+@pytest.mark.live
+def test_live_audit_names_real_containers(containers):
+    """End to end: ovltrace audit attributes real containers' writes to
+    them by name, and names the container whose sync flushed the others."""
+    import json
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from conftest import audit_json
+
+    def work():
+        run(DOCKER, "exec", WEB, "dd", "if=/dev/zero", "of=/web.dat", "bs=65536", "count=16")
+        run("podman", "exec", DB, "sh", "-c", "dd if=/dev/zero of=/db.dat bs=65536 count=8 && sync")
+
+    rep = audit_json([], work, duration="6s")
+    by_name = {o["container"]["name"]: o for o in rep["overlays"] if o["container"]}
+    assert by_name[WEB]["container"]["runtime"] == "docker"
+    assert by_name[WEB]["bytes_dirtied"] == 16 * 65536
+    assert by_name[DB]["bytes_dirtied"] == 8 * 65536
+    syncs = [f for f in rep["flushes"] if f["kind"] == "sync"]
+    mine = [f for f in syncs if (f["container"] or {}).get("name") == DB]
+    assert mine, json.dumps(syncs, indent=1)[:2000]
+    victims = {v["overlay"] for f in mine for v in f["victims"]}
+    assert by_name[WEB]["mountpoint"] in victims

@@ -35,7 +35,17 @@ MEMBERS: dict[str, tuple[str, str]] = {
     "fdtable_fd": ("fdtable", "fd"),
     "fdtable_max_fds": ("fdtable", "max_fds"),
     "file_f_inode": ("file", "f_inode"),
+    # function hooks only
+    "dentry_d_sb": ("dentry", "d_sb"),
+    "inode_i_size": ("inode", "i_size"),
+    "super_block_s_wb_err": ("super_block", "s_wb_err"),
+    # overlayfs internals (module BTF when overlay is a module)
+    "ovl_inode_flags": ("ovl_inode", "flags"),
+    "ovl_inode_vfs_inode": ("ovl_inode", "vfs_inode"),
+    "ovl_inode___upperdentry": ("ovl_inode", "__upperdentry"),
 }
+# members whose size is not that of an integer (only their offset is used)
+_AGGREGATE = {"dentry_d_alias", "ovl_inode_vfs_inode"}
 # Members whose absence degrades a hook instead of disabling it.
 OPTIONAL = {"folio__flags_1"}  # without it, every folio counts as one page
 
@@ -52,10 +62,11 @@ FD_TO_SB = ["task_struct_files", "files_struct_fdt", "fdtable_fd", "fdtable_max_
 HOOKS: dict[str, dict] = {
     "inode_dirty": {"members": ATTRIBUTION + ["inode_i_state", "inode_i_mode"],
                     "tracepoints": ["writeback/writeback_mark_inode_dirty"],
-                    "what": "upper inodes dirtied (stand-in for __mark_inode_dirty)"},
+                    "what": "upper inodes dirtied (__mark_inode_dirty)"},
     "folio_dirty": {"members": ATTRIBUTION + ["folio_flags"],
                     "tracepoints": ["writeback/writeback_dirty_folio",
                                     "writeback/writeback_mark_inode_dirty"],
+                    "programs": ["writeback/writeback_dirty_folio"],
                     "what": "bytes dirtied, copy-up bytes"},
     "writeback": {"members": ATTRIBUTION + ["inode_i_state", "writeback_control_nr_to_write",
                                             "wb_writeback_work_reason"],
@@ -64,9 +75,17 @@ HOOKS: dict[str, dict] = {
                   "what": "bytes written back, per flush"},
     "wb_error": {"members": ATTRIBUTION + ["address_space_host", "address_space_wb_err"],
                  "tracepoints": ["filemap/filemap_set_wb_err"],
-                 "what": "writeback errors (stand-in for errseq_set)"},
+                 "what": "writeback errors (__filemap_set_wb_err, for errseq_set)"},
     "syncfs": {"members": FD_TO_SB, "tracepoints": ["syscalls/sys_enter_syncfs", "syscalls/sys_exit_syncfs"],
-               "what": "syncfs calls (stand-in for sync_filesystem)"},
+               "what": "syncfs calls and their duration"},
+    "copy_up": {"members": ATTRIBUTION + ["inode_i_mode"],
+                "tracepoints": ["writeback/writeback_mark_inode_dirty",
+                                "writeback/writeback_dirty_folio"],
+                "programs": [],     # the estimate lives in the inode_dirty/folio_dirty hooks
+                "what": "copy-ups, bytes (ovl_copy_up_flags; stand-in: workdir estimate)"},
+    "sync_fs": {"members": FD_TO_SB, "tracepoints": ["syscalls/sys_enter_syncfs"],
+                "programs": [],     # the syncfs hook's syscall tracepoints stand in
+                "what": "superblock each sync flushed (sync_filesystem; stand-in: syscall)"},
     "sync": {"members": [], "tracepoints": ["syscalls/sys_enter_sync", "syscalls/sys_exit_sync"],
              "what": "sync calls"},
     "umount": {"members": [], "tracepoints": ["syscalls/sys_enter_umount", "syscalls/sys_exit_umount"],
@@ -76,16 +95,43 @@ HOOKS: dict[str, dict] = {
               "what": "fsync/fdatasync calls and errors they return"},
 }
 
+# Hooks that a kernel function can serve better than the tracepoint path,
+# tried in this order: fentry/fexit, kprobe/kretprobe, then the tracepoint
+# stand-in (the hook of the same name in HOOKS).  `exit`: needs the return.
+FUNCTIONS: dict[str, dict] = {
+    "inode_dirty": {"function": "__mark_inode_dirty", "exit": False,
+                    "members": ATTRIBUTION + ["inode_i_mode"]},
+    "copy_up": {"function": "ovl_copy_up_flags", "exit": True,
+                "members": ["dentry_d_sb", "dentry_d_inode", "super_block_s_dev", "inode_i_mode",
+                            "inode_i_size", "ovl_inode_flags", "ovl_inode_vfs_inode",
+                            "ovl_inode___upperdentry"]},
+    "sync_fs": {"function": "sync_filesystem", "exit": True,
+                "members": ["super_block_s_dev", "super_block_s_wb_err"]},
+    "wb_error": {"function": "__filemap_set_wb_err", "exit": False,
+                 "members": ATTRIBUTION + ["address_space_host"]},
+}
+# No mechanism can hook it on any kernel we know (lib/ is built notrace).
+UNHOOKABLE = {"errseq_set": "notrace (lib/ is built without ftrace): kprobes refuse it "
+                            "(\"Could not probe notrace function\"), fentry fails; covered by "
+                            "wb_error (__filemap_set_wb_err) and s_wb_err read by sync_fs"}
+
 # Inode state flags changed value in 6.x; these are the values before the
 # kernel put them in an enum (and so in BTF).
 _FLAG_FALLBACK = {"I_DIRTY_SYNC": 1 << 0, "I_DIRTY_DATASYNC": 1 << 1,
                   "I_DIRTY_PAGES": 1 << 2, "I_DIRTY_TIME": 1 << 11}
 
 
+def programs(hook: str) -> list[str]:
+    """The tracepoints (category/name) the hook's own programs attach to."""
+    need = HOOKS[hook]
+    return need.get("programs", need["tracepoints"])
+
+
 @dataclass
 class Layout:
     header: str
     hooks: dict[str, str | None] = field(default_factory=dict)   # hook -> None (ok) or why not
+    functions: dict[str, str | None] = field(default_factory=dict)  # function variant: same
     notes: list[str] = field(default_factory=list)
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
     missing_core: str | None = None     # set when even attribution is impossible
@@ -107,7 +153,7 @@ def generate(btf: BTF, tracefs: str = "/sys/kernel/tracing",
     for macro, (struct_name, path) in MEMBERS.items():
         try:
             off, size = btf.offset(struct_name, path)
-            if size not in (1, 2, 4, 8) and macro != "dentry_d_alias":
+            if size not in (1, 2, 4, 8) and macro not in _AGGREGATE:
                 raise BTFError(f"{struct_name}.{path} has unexpected size {size}")
             found[macro] = (off, size)
         except BTFError as e:
@@ -171,6 +217,17 @@ def generate(btf: BTF, tracefs: str = "/sys/kernel/tracing",
                     why = f"tracepoint {tp} not found"
                     break
         hooks[hook] = why
+    functions: dict[str, str | None] = {}
+    for hook, need in FUNCTIONS.items():
+        gone = [m for m in need["members"] if m in missing]
+        functions[hook] = (f"kernel lacks {MEMBERS[gone[0]][0]}.{MEMBERS[gone[0]][1]} "
+                           f"({missing[gone[0]]})" if gone else None)
+    try:
+        lines.append(f"#define K_OVL_UPPERDATA {btf.enum_value('OVL_UPPERDATA')}")
+    except BTFError:
+        lines.append("#define K_OVL_UPPERDATA 3")    # enum ovl_inode_flag, stable since 4.19
+    lines.append("#define K_O_TRUNC 01000")          # same on x86 and arm64
     core = [m for m in ATTRIBUTION if m in missing]
     missing_core = missing[core[0]] if core else None
-    return Layout("\n".join(lines) + "\n", hooks, notes, found, missing_core)
+    return Layout("\n".join(lines) + "\n", hooks, functions=functions, notes=notes,
+                  offsets=found, missing_core=missing_core)

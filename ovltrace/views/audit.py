@@ -192,9 +192,13 @@ def _copy_ups(model: Model, snap: Snapshot, name) -> list[dict]:
 
 def _cgroups(snap: Snapshot, name, acct: dict | None, source: str) -> dict:
     if not acct:
-        why = ("no cgroup of any traced container was found (no process had its root or cwd on "
-               "an overlay when ovltrace looked: every 0.5s, less often while none is found)" if source == "live" or acct is not None else
-               "this recording carries no cgroup accounting")
+        if acct is None:
+            why = ("this recording carries no cgroup accounting" if source == "recording" else
+                   "not collected by this command")
+        else:
+            why = ("no cgroup of any traced container was found (no process had its root or "
+                   "cwd on an overlay when ovltrace looked: every 0.5s, less often while none "
+                   "is found)")
         return {"available": False, "note": why, "containers": []}
     rows = []
     for r in snap.overlays:
@@ -450,8 +454,8 @@ def render_table(rep: dict) -> str:
 def _wrap(text: str, width: int = 79, indent: str = "      ") -> list[str]:
     import textwrap
     lead = len(text) - len(text.lstrip())
-    return textwrap.wrap(text.lstrip(), width, initial_indent=text[:lead], break_on_hyphens=False,
-                         subsequent_indent=indent) or [""]
+    return textwrap.wrap(text.lstrip(), width, initial_indent=text[:lead],
+                         subsequent_indent=indent, break_on_hyphens=False) or [""]
 
 
 # ---- the command ------------------------------------------------------------
