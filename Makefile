@@ -7,7 +7,7 @@ PY        ?= /usr/bin/python3
 VENV      := .venv
 APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
              e2fsprogs xfsprogs util-linux
-APT_TEST  := tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml
+APT_TEST  := tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
 APT_VM    := qemu-system-x86 linux-image-amd64 linux-headers-amd64
 
 .PHONY: setup setup-test setup-vm demo test test-host test-vm bench clean
@@ -32,7 +32,7 @@ $(VENV)/.setup-done: pyproject.toml
 
 setup-test: setup
 	$(call apt_missing,$(APT_TEST))
-	@$(VENV)/bin/python -c "import pytest, hypothesis" 2>/dev/null || $(VENV)/bin/pip install -q -e '.[test]'
+	@$(VENV)/bin/python -c "import pytest, hypothesis, jsonschema, yaml" 2>/dev/null || $(VENV)/bin/pip install -q -e '.[test]'
 
 setup-vm: setup
 	$(call apt_missing,$(APT_VM))

@@ -242,14 +242,16 @@ Examples:
 @click.option("-n", "--containers", type=click.IntRange(2, 2000), default=4, show_default=True)
 @click.option("-d", "--duration", type=Duration(), default="10s", show_default=True)
 @click.option("--inject-errors", is_flag=True, help="Make one container hit writeback errors.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json", "html"]),
+              default=None, help="Report format [default: table, or from -o's extension].")
+@click.option("-o", "--output", metavar="FILE", help="Write the report to FILE.")
 @btf_option
-def demo(containers, duration, inject_errors, fmt, btf):
+def demo(containers, duration, inject_errors, fmt, output, btf):
     """Build sandbox containers (overlays on a loop-mounted ext4), run a mix
     of writers, a syncfs-calling neighbour and a copy-up, and audit them."""
     from .demo import run_demo
-    sys.exit(run_demo(containers, duration, inject_errors, fmt, btf))
+    from .views.audit import format_for
+    sys.exit(run_demo(containers, duration, inject_errors, format_for(fmt, output), btf, output))
 
 
 @cli.command(epilog="""\b

@@ -87,10 +87,12 @@ def start_workload(setup: DemoSetup, inject_errors: bool = False,
         setup.roles[ov.name] = role
 
 
-def run_demo(n: int, duration: float, inject_errors: bool, fmt: str, btf: str | None) -> int:
+def run_demo(n: int, duration: float, inject_errors: bool, fmt: str, btf: str | None,
+             output: str | None = None) -> int:
+    from .annotate import Annotator
     from .cli import Stopper, say, trace_for
     from .session import Session
-    from .views.audit import render
+    from .views.audit import build_report, render
 
     say(f"building {n} sandbox containers on a loop-mounted ext4"
         + (" (tmpfs-backed: writeback errors will happen)" if inject_errors else ""))
@@ -99,12 +101,23 @@ def run_demo(n: int, duration: float, inject_errors: bool, fmt: str, btf: str | 
         for ov in setup.overlays:
             say(f"  {ov.name:<10} {ov.mountpoint}")
         with Stopper() as stopper, Session(btf=btf, only=setup.mountpoints) as session:
-            trace_for(session, duration, stopper,
+            ann = Annotator(session)          # cgroup accounting, error inode paths
+            trace_for(session, duration, stopper, step=ann.step,
                       on_attached=lambda: start_workload(setup, inject_errors, duration))
             model = session.finish()
+            ann.finish()
         roles = ", ".join(f"{k}={v}" for k, v in setup.roles.items())
         say(f"workloads: {roles}")
-        print(render(model.snapshot(), fmt))
+        text = render(build_report(model, model.snapshot(), ann.extras()), fmt)
+        if output:
+            try:
+                with open(output, "w") as f:
+                    f.write(text + "\n")
+            except OSError as e:
+                raise OvltraceError(f"cannot write {output}: {e.strerror}") from None
+            say(f"wrote {output}")
+        else:
+            print(text)
         sys.stdout.flush()
     finally:
         say("tearing down the sandbox")

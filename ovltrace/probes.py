@@ -7,8 +7,10 @@ those into the model.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from . import bpfdefs
 from .errors import OvltraceError
 from .kernel.btf import BTF, BTFError
 from .kernel.headers import HeaderError, build_tree, remove_tree
-from .kernel.layout import HOOKS, Layout, generate
+from .kernel.layout import FUNCTIONS, HOOKS, Layout, generate, programs
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 TRACEFS = "/sys/kernel/tracing"
@@ -91,12 +93,81 @@ class Limits:
                 f"-DUMOUNT_TAIL_NS={self.umount_tail_ms * 1_000_000}ULL"]
 
 
+# How hooks are chosen (--hooks / OVLTRACE_HOOKS):
+#   auto         per hook: fentry/fexit, else kprobe/kretprobe, else tracepoint
+#   functions    the same, but fail unless every function hook got a function
+#   tracepoints  the tracepoint path only (for comparison)
+HOOK_MODES = ("auto", "functions", "tracepoints")
+MECHANISMS = ("fentry", "kprobe", "tracepoint")
+FUNCTION_MECHANISMS = ("fentry", "kprobe")
+
+
+def hook_mode(mode: str | None = None) -> str:
+    mode = (mode or os.environ.get("OVLTRACE_HOOKS") or "auto").strip().lower()
+    if mode not in HOOK_MODES:
+        raise OvltraceError(f"unknown hook mode {mode!r} (OVLTRACE_HOOKS / --hooks: "
+                            f"{', '.join(HOOK_MODES)})")
+    return mode
+
+
 @dataclass
 class Hook:
     name: str
     what: str
-    mechanism: str | None          # "tracepoint", or None when unavailable
+    mechanism: str | None          # "fentry", "kprobe", "tracepoint", or None when unavailable
     reason: str | None = None      # why not available
+    function: str | None = None    # the kernel function it can hook
+    tried: dict = field(default_factory=dict)   # mechanism -> why it was not used
+
+
+class AttachError(Exception):
+    """One mechanism could not serve one hook (the message says why)."""
+
+
+def candidates(hook: str, mode: str) -> tuple[list[str], dict[str, str]]:
+    """Mechanisms to try for `hook`, best first, and those skipped (why)."""
+    if hook not in FUNCTIONS:
+        return ["tracepoint"], {}
+    if mode == "tracepoints":
+        return ["tracepoint"], {m: "not tried (--hooks tracepoints)" for m in FUNCTION_MECHANISMS}
+    if mode == "functions":
+        return list(FUNCTION_MECHANISMS), {}
+    return list(MECHANISMS), {}
+
+
+def choose(mechanisms: list[str], attach) -> tuple[str | None, dict[str, str]]:
+    """Try `attach(mechanism)` in order; the first that does not raise
+    AttachError wins.  Returns it (or None) and why each before it failed.
+    Pure: the unit tests drive it with fake attach functions."""
+    tried: dict[str, str] = {}
+    for mech in mechanisms:
+        try:
+            attach(mech)
+            return mech, tried
+        except AttachError as e:
+            tried[mech] = str(e)
+    return None, tried
+
+
+def select_hooks(hooks: list[str], mode: str, attach) -> dict[str, Hook]:
+    """Choose a mechanism for every hook, in order, each on its own: one
+    that fails never takes another down.  `attach(hook, mechanism)` raises
+    AttachError.  In "functions" mode a function hook left without a
+    function is an error (OvltraceError, every reason in one line)."""
+    out: dict[str, Hook] = {}
+    for name in hooks:
+        mechs, skipped = candidates(name, mode)
+        mech, tried = choose(mechs, lambda m: attach(name, m))
+        tried = {**skipped, **tried}
+        reason = None if mech else "; ".join(f"{m}: {why}" for m, why in tried.items())
+        out[name] = Hook(name, HOOKS[name]["what"], mech, reason,
+                         FUNCTIONS.get(name, {}).get("function"), tried)
+    if mode == "functions":
+        bad = [h for h in out.values() if h.function and h.mechanism not in FUNCTION_MECHANISMS]
+        if bad:
+            raise OvltraceError("function hooks required (--hooks functions) but unavailable: " +
+                                " | ".join(f"{h.name} ({h.function}): {h.reason}" for h in bad))
+    return out
 
 
 @dataclass
@@ -116,6 +187,9 @@ class RawEvent:
     cgroup_id: int
     comm: str
     path: str
+    synced_dev: int = 0            # sync_filesystem hook: the upper sb synced
+    sb_errseq: int = 0             # its s_wb_err after the sync
+    sb_err_advanced: int = 0       # s_wb_err moved during the flush
 
 
 @dataclass
@@ -130,11 +204,16 @@ class SlotStats:
     fsync_calls: int = 0
     syncfs_calls: int = 0
     errors_returned: int = 0
+    copy_ups_meta: int = 0
+    copy_up_failures: int = 0
+    copy_up_ns: int = 0
+    copy_up_lat: list[int] = field(default_factory=lambda: [0] * bpfdefs.COPYUP_LAT_SLOTS)
+    sb_err_advances: int = 0
 
 
 class Probes:
     def __init__(self, btf_path: str | None = None, limits: Limits | None = None,
-                 only_hooks: list[str] | None = None):
+                 only_hooks: list[str] | None = None, mode: str | None = None):
         self.limits = limits or Limits()
         self.btf = load_btf(btf_path)
         self.layout: Layout = generate(self.btf, TRACEFS)
@@ -142,6 +221,8 @@ class Probes:
             raise OvltraceError(f"BTF {self.btf.path} lacks what attribution needs "
                                 f"({self.layout.missing_core}): not this kernel's BTF?")
         self.only_hooks = only_hooks
+        self.mode = hook_mode(mode)
+        self.chosen: dict[str, Hook] | None = None     # set by attach()
         self.bpf = None
         self.events: list[RawEvent] = []
         self._free_slots = list(range(self.limits.max_slots - 1, 0, -1))  # slot 0 unused
@@ -151,12 +232,18 @@ class Probes:
 
     # -- hooks -------------------------------------------------------------
     def hooks(self) -> list[Hook]:
-        out = []
+        if self.chosen is not None:
+            return list(self.chosen.values())
+        out = []     # before attaching: what the tracepoint path can do
         for name, why in self.layout.hooks.items():
             if self.only_hooks is not None and name not in self.only_hooks and why is None:
                 why = "not requested"
-            out.append(Hook(name, HOOKS[name]["what"], None if why else "tracepoint", why))
+            out.append(Hook(name, HOOKS[name]["what"], None if why else "tracepoint", why,
+                            FUNCTIONS.get(name, {}).get("function")))
         return out
+
+    def _requested(self, name: str) -> bool:
+        return self.only_hooks is None or name in self.only_hooks
 
     def enabled_hooks(self) -> list[str]:
         return [h.name for h in self.hooks() if h.mechanism]
@@ -169,8 +256,10 @@ class Probes:
         return "\n".join(parts)
 
     def cflags(self, gen_dir: str) -> list[str]:
+        fns = [] if self.mode == "tracepoints" else \
+            [h for h, why in self.layout.functions.items() if why is None and self._requested(h)]
         return ([f"-I{gen_dir}", f"-I{BPF_DIR}", "-Wno-macro-redefined"] + self.limits.cflags()
-                + [f"-DHOOK_{h}" for h in self.enabled_hooks()])
+                + [f"-DHOOK_{h}" for h in self.enabled_hooks()] + [f"-DFN_{h}" for h in fns])
 
     # -- lifecycle ---------------------------------------------------------
     def attach(self) -> None:
@@ -195,13 +284,28 @@ class Probes:
             except ImportError:
                 raise OvltraceError("the bcc Python module is missing (install python3-bpfcc)") from None
             try:
-                self.bpf = _quiet_compile(BPF, str(BPF_DIR / "ovltrace.bpf.c"), self.cflags(tree))
+                self.bpf = _quiet_compile(_manual_bpf(BPF), str(BPF_DIR / "ovltrace.bpf.c"),
+                                          self.cflags(tree))
             except Exception as e:  # bcc raises bare Exception
                 raise OvltraceError(f"BPF program failed to load: {str(e).splitlines()[0]}") from None
         finally:
             remove_tree(tree)
-        self.bpf["events"].open_ring_buffer(self._on_event)
-        self._set_epoch()
+        try:
+            self._set_epoch()
+            attacher = Attacher(self.bpf, self.layout, self)
+            wanted = [h for h in HOOKS if self._requested(h)]
+            self.chosen = select_hooks(wanted, self.mode, attacher.attach)
+            for h in HOOKS:
+                if h not in self.chosen:
+                    self.chosen[h] = Hook(h, HOOKS[h]["what"], None, "not requested",
+                                          FUNCTIONS.get(h, {}).get("function"))
+            if not self.enabled_hooks():
+                raise OvltraceError("no hook can be attached on this kernel (" + "; ".join(
+                    f"{h.name}: {h.reason}" for h in self.chosen.values()) + ")")
+            self.bpf["events"].open_ring_buffer(self._on_event)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self.bpf is not None:
@@ -236,7 +340,10 @@ class Probes:
 
     def _set_epoch(self) -> None:
         self._epoch += 1
-        self.bpf["config"][ctypes.c_int(0)] = ctypes.c_uint32(self._epoch)
+        self.bpf["config"][ctypes.c_int(bpfdefs.CFG_EPOCH)] = ctypes.c_uint32(self._epoch)
+
+    def set_config(self, idx: int, value: int) -> None:
+        self.bpf["config"][ctypes.c_int(idx)] = ctypes.c_uint32(value)
 
     def watch_upper_fs(self, dev: int) -> tuple[int, int] | None:
         ref = self._alloc_slot()
@@ -297,6 +404,8 @@ class Probes:
             for v in per_cpu:
                 for i in range(4):
                     s.dirty_calls[i] += v.dirty_calls[i]
+                for i in range(bpfdefs.COPYUP_LAT_SLOTS):
+                    s.copy_up_lat[i] += v.copy_up_lat[i]
                 for name in bpfdefs.STAT_FIELDS:
                     setattr(s, name, getattr(s, name) + getattr(v, name))
             out[slot] = s
@@ -381,7 +490,199 @@ class Probes:
         self.events.append(RawEvent(
             e.type, e.kind, e.pid, e.tid, e.slot, e.gen, e.dev, e.err, e.ts_ns, e.end_ns,
             e.ino, e.flush_id, e.cgroup_id, bytes(e.comm).split(b"\0")[0].decode(errors="replace"),
-            bytes(e.path).split(b"\0")[0].decode(errors="replace")))
+            bytes(e.path).split(b"\0")[0].decode(errors="replace"),
+            e.synced_dev, e.sb_errseq, e.sb_err_advanced))
+
+
+def _manual_bpf(BPF):
+    """bcc attaches every kprobe__/kfunc__/tracepoint__ function in the
+    BPF() constructor and raises on the first failure, which would take all
+    hooks down; ovltrace attaches each itself."""
+    class ManualBPF(BPF):
+        def _trace_autoload(self):
+            pass
+    return ManualBPF
+
+
+@contextlib.contextmanager
+def _stderr_to(buf: list):
+    """libbpf and bcc print attach failures on fd 2: keep them for the
+    reason instead of the terminal."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as err:
+        os.dup2(err.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            err.seek(0)
+            buf.extend(l.strip() for l in err.read().decode(errors="replace").splitlines()
+                       if l.strip())
+
+
+def kallsyms(names) -> dict[str, str | None]:
+    """name -> its module ("" for vmlinux), or None when not a symbol."""
+    out: dict[str, str | None] = {n: None for n in names}
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in out and out[parts[2]] is None:
+                    out[parts[2]] = parts[3].strip("[]") if len(parts) > 3 else ""
+    except OSError:
+        pass
+    return out
+
+
+def kprobes_available(tracefs: str = TRACEFS) -> str | None:
+    """None if this kernel can attach kprobes, else why not."""
+    if os.path.exists(os.path.join(tracefs, "kprobe_events")) or \
+            os.path.exists("/sys/bus/event_source/devices/kprobe/type"):
+        return None
+    return "CONFIG_KPROBES is off (no kprobe_events, no kprobe PMU)"
+
+
+def fentry_available() -> str | None:
+    import platform
+    if platform.machine() != "x86_64":
+        return f"bcc 0.26 has BPF trampolines only on x86_64, not {platform.machine()}"
+    if not os.path.exists(DEFAULT_BTF):
+        return "no kernel BTF"
+    if kallsyms(["bpf_trampoline_link_prog"])["bpf_trampoline_link_prog"] is None:
+        return "kernel has no BPF trampolines (CONFIG_BPF_JIT/DEBUG_INFO_BTF?)"
+    return None
+
+
+class Attacher:
+    """Attaches one hook with one mechanism, or raises AttachError; on a
+    failure, what it attached for that hook is detached again."""
+
+    def __init__(self, bpf, layout: Layout, probes: "Probes | None" = None):
+        self.bpf = bpf
+        self.layout = layout
+        self.probes = probes
+        self.syms = kallsyms([f["function"] for f in FUNCTIONS.values()])
+        self._kprobes = kprobes_available()
+        self._fentry = fentry_available()
+        self.mechanism: dict[str, str] = {}
+
+    def attach(self, hook: str, mech: str) -> None:
+        if mech == "tracepoint":
+            self._tracepoint(hook)
+        elif mech in FUNCTION_MECHANISMS:
+            self._function(hook, mech)
+        else:
+            raise AttachError(f"unknown mechanism {mech}")
+        self.mechanism[hook] = mech
+
+    # -- tracepoint path -----------------------------------------------------
+    def _tracepoint(self, hook: str) -> None:
+        why = self.layout.hooks.get(hook)
+        if why:
+            raise AttachError(why)
+        # stand-ins that live in other hooks' programs
+        need = {"copy_up": ["inode_dirty", "folio_dirty"], "sync_fs": ["syncfs"]}.get(hook, [])
+        off = [n for n in need if n not in self.mechanism]
+        if off:
+            raise AttachError(f"its stand-in needs the {', '.join(off)} hook")
+        done = []
+        try:
+            for tp in programs(hook):
+                cat, name = tp.split("/")
+                if cat == "syscalls":
+                    fn = f"tracepoint__{cat}__{name}".encode()
+                    self.bpf.attach_tracepoint(tp=f"{cat}:{name}".encode(), fn_name=fn)
+                    done.append(("tp", f"{cat}:{name}"))
+                else:
+                    fn = f"raw_tracepoint__{name}".encode()
+                    self.bpf.attach_raw_tracepoint(tp=name.encode(), fn_name=fn)
+                    done.append(("raw", name))
+        except Exception as e:
+            for kind, tp in done:
+                with contextlib.suppress(Exception):
+                    if kind == "tp":
+                        self.bpf.detach_tracepoint(tp=tp.encode())
+                    else:
+                        self.bpf.detach_raw_tracepoint(tp=tp.encode())
+            raise AttachError(f"attaching {tp} failed: {str(e).splitlines()[0]}") from None
+
+    # -- function hooks ------------------------------------------------------
+    def _function(self, hook: str, mech: str) -> None:
+        spec = FUNCTIONS[hook]
+        fn = spec["function"]
+        why = self.layout.functions.get(hook)
+        if why:
+            raise AttachError(why)
+        if self.probes is not None and self.probes.mode == "tracepoints":
+            raise AttachError("not tried (--hooks tracepoints)")
+        module = self.syms.get(fn)
+        if module is None:
+            raise AttachError(f"{fn} is not in /proc/kallsyms (inlined, renamed or absent)")
+        gate = hook == "copy_up" and self.probes is not None
+        if gate:     # the estimate goes quiet first: never counted twice
+            self.probes.set_config(bpfdefs.CFG_FN_COPY_UP, 1)
+        try:
+            if mech == "fentry":
+                self._fentry_attach(fn, spec["exit"], module)
+            else:
+                self._kprobe_attach(fn, spec["exit"])
+        except AttachError:
+            if gate:
+                self.probes.set_config(bpfdefs.CFG_FN_COPY_UP, 0)
+            raise
+
+    def _fentry_attach(self, fn: str, exit: bool, module: str) -> None:
+        if self._fentry:
+            raise AttachError(self._fentry)
+        names = [f"kfunc__{fn}"] + ([f"kretfunc__{fn}"] if exit else [])
+        done = []
+        chatter: list[str] = []
+        try:
+            with _stderr_to(chatter):
+                for name in names:
+                    if name.startswith("kfunc__"):
+                        self.bpf.attach_kfunc(fn_name=name.encode())
+                    else:
+                        self.bpf.attach_kretfunc(fn_name=name.encode())
+                    done.append(name)
+        except Exception as e:
+            for name in done:
+                with contextlib.suppress(Exception):
+                    (self.bpf.detach_kfunc if name.startswith("kfunc__")
+                     else self.bpf.detach_kretfunc)(fn_name=name.encode())
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "super-user" in msg:      # bcc's words for EPERM
+                msg = "the kernel refused to load a tracing program (EPERM)"
+            detail = [l for l in chatter if "libbpf" in l or "error" in l.lower()]
+            if detail:
+                msg += f" [{detail[0][:120]}]"
+            if module:
+                msg += (f"; {fn} is in module {module}, and bcc 0.26 finds fentry targets "
+                        "only in vmlinux BTF")
+            raise AttachError(msg) from None
+
+    def _kprobe_attach(self, fn: str, exit: bool) -> None:
+        if self._kprobes:
+            raise AttachError(self._kprobes)
+        done = []
+        chatter: list[str] = []
+        try:
+            with _stderr_to(chatter):
+                self.bpf.attach_kprobe(event=fn.encode(), fn_name=f"kprobe__{fn}".encode())
+                done.append("entry")
+                if exit:
+                    self.bpf.attach_kretprobe(event=fn.encode(),
+                                              fn_name=f"kretprobe__{fn}".encode())
+        except Exception as e:
+            if done:
+                with contextlib.suppress(Exception):
+                    self.bpf.detach_kprobe(event=fn.encode(), fn_name=f"kprobe__{fn}".encode())
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            detail = [l for l in chatter if l and "Traceback" not in l]
+            if detail:
+                msg += f" [{detail[-1][:120]}]"
+            raise AttachError(msg) from None
 
 
 def _percpu_zero(table):

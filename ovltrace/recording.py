@@ -12,8 +12,10 @@ File: optional gzip; line 1 is a header, then one record per line:
   {"type": "counters", "t": s, "values": {key: [COUNTER_FIELDS...]}, "dirty_now": {key: n}}
   {"type": "flush", ...Flush}  {"type": "wb_error", ...}  {"type": "error_returned", ...}
   {"type": "self", "t": s, "stats": {...}}  {"type": "hooks", "hooks": [...]}
+  {"type": "cgroup_accounting", ...}  {"type": "inode_paths", ...}   (ovltrace/annotate.py)
   {"type": "end", "t": s}
-Times are seconds since the session started.
+Times are seconds since the session started.  Readers skip record types
+they do not know, so minor additions need no new version.
 """
 from __future__ import annotations
 
@@ -48,6 +50,10 @@ class RecordingWriter:
 
     def _write(self, obj: dict) -> None:
         self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    def write_record(self, obj: dict) -> None:
+        """Add a record of another kind (it needs a "type")."""
+        self._write(obj)
 
     def __call__(self, kind: str, payload) -> None:
         """The model's sink."""

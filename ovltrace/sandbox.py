@@ -153,6 +153,7 @@ class Sandbox:
         self.backing_tmpfs_mb = backing_tmpfs_mb
         self.overlays: dict[str, SandboxOverlay] = {}
         self.cgroups: dict[str, str] = {}          # name -> cgroup2 dir
+        self.cgroups_v1: dict[str, list[str]] = {}  # name -> v1 memory/blkio dirs (hybrid hosts)
         self.loop_dev: str | None = None
         self.upper_dev = ""
         self._procs: list[tuple[subprocess.Popen, str]] = []   # (process, overlay name)
@@ -356,6 +357,18 @@ class Sandbox:
         path = os.path.join(self._cg_dir, name)
         os.makedirs(path, exist_ok=True)
         self.cgroups[name] = path
+        # On hybrid hosts the memory and io controllers live in cgroup v1:
+        # a v1 cgroup of its own per container there too, so the kernel's
+        # per-cgroup dirty/writeback accounting can be compared.
+        for ctrl in ("memory", "blkio"):
+            v1 = f"/sys/fs/cgroup/{ctrl}"
+            if os.path.isfile(os.path.join(v1, "cgroup.procs")) and not _is_cgroup2(v1):
+                leaf = os.path.join(v1, _CGROUP_PARENT, os.path.basename(self.root), name)
+                try:
+                    os.makedirs(leaf, exist_ok=True)
+                    self.cgroups_v1.setdefault(name, []).append(leaf)
+                except OSError:
+                    pass
         return path
 
     def track(self, proc: subprocess.Popen, overlay_name: str) -> None:
@@ -418,9 +431,12 @@ class Sandbox:
         for name in reversed(list(self.overlays)):
             if self._step(f"umount overlay {name}", self._umount, self.overlays[name].mountpoint):
                 del self.overlays[name]
-        for path in list(self.cgroups.values()) + ([self._cg_dir] if self._cg_dir else []):
+        v1 = [p for paths in self.cgroups_v1.values() for p in paths]
+        v1_parents = sorted({os.path.dirname(p) for p in v1})
+        for path in list(self.cgroups.values()) + ([self._cg_dir] if self._cg_dir else []) + v1 + v1_parents:
             self._step(f"rmdir cgroup {path}", _rmdir_cgroup, path)
         self.cgroups.clear()
+        self.cgroups_v1.clear()
         # The shared parent goes only when no other sandbox uses it.
         if self._cg_dir:
             try:
@@ -459,6 +475,10 @@ class Sandbox:
 
 def _sigterm_to_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+def _is_cgroup2(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "cgroup.controllers"))
 
 
 def _rmdir_cgroup(path: str) -> None:

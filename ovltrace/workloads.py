@@ -129,15 +129,18 @@ def _spawn(sb: Sandbox, ov: SandboxOverlay, comm: str, code: str, pipes: bool = 
            **args: object) -> subprocess.Popen:
     if sb.overlays.get(ov.name) is not ov:
         raise ValueError(f"overlay {ov.name!r} is not mounted in this sandbox")
-    cg = sb.cgroups.get(ov.name)
+    cgs = ([sb.cgroups[ov.name]] if ov.name in sb.cgroups else []) + sb.cgroups_v1.get(ov.name, [])
     libc = _libc()     # loaded here: the child only calls it
 
     def in_child() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if cg:
+        for cg in cgs:
             # Join before exec, so the cgroup sees every byte it writes.
-            with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
+            try:
+                with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError:
+                pass           # a v1 controller we may not join: accounting says so
 
     args["comm"] = comm
     proc = subprocess.Popen([sys.executable, "-c", _PRELUDE + code, json.dumps(args)],
