@@ -44,14 +44,17 @@ def say(msg: str) -> None:
 class Stopper:
     """SIGINT/SIGTERM end a trace cleanly: the loop notices, prints its
     result and detaches.  A second signal exits at once (the kernel drops
-    our programs with the process)."""
+    our programs with the process).  SIGHUP asks for a reload: mounts,
+    container state and cgroups are read again, tracing goes on."""
 
     def __init__(self):
         self.stopped = False
         self.signum = None
+        self.reload = False
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hangup)
         return self
 
     def _handle(self, signum, _frame):
@@ -59,6 +62,9 @@ class Stopper:
             raise SystemExit(128 + signum)
         self.stopped = True
         self.signum = signum
+
+    def _hangup(self, _signum, _frame):
+        self.reload = True
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -80,6 +86,10 @@ def trace_for(session, duration: float | None, stopper: Stopper, on_attached=Non
     while not stopper.stopped and (end is None or time.monotonic() < end):
         timeout = 0.1 if end is None else max(0.0, min(0.1, end - time.monotonic()))
         session.step(timeout)
+        if stopper.reload:
+            stopper.reload = False
+            session.reload()
+            say("SIGHUP: reloaded mounts, container state and cgroups")
         if step:
             step()
 
@@ -359,6 +369,11 @@ def main(argv=None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as e:          # a bug: one line, the traceback on request
+        if os.environ.get("OVLTRACE_DEBUG"):
+            raise
+        say(f"internal error: {type(e).__name__}: {e} (set OVLTRACE_DEBUG=1 for the traceback)")
+        return 70
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ class Session:
         self._mountinfo = None
         self.refresh_seconds = 0.0
         self.unattributed_events = 0
+        self.flush_done: dict[int, int] = {}   # umount flush id -> end (sync_filesystem hook)
+        self._fn_stats: dict[int, object] = {}  # slot -> last SlotStats (function-hook fields)
         self.cgroups = CgroupIds()
 
     # ---- clock -------------------------------------------------------------
@@ -194,6 +196,13 @@ class Session:
                 if self.ovl_by_dev.get(w.dev) is w:
                     del self.ovl_by_dev[w.dev]
 
+    def reload(self) -> None:
+        """SIGHUP: read everything userspace knows again."""
+        with self.lock:
+            self.resolver.refresh()
+            self.cgroups = CgroupIds()
+            self.refresh_mounts()
+
     def refresh_mounts(self) -> None:
         t = time.monotonic()
         self.resolver.refresh()
@@ -221,6 +230,7 @@ class Session:
         now = self.now()
         slots = list(self.watched)
         stats = self.probes.read_stats(slots)
+        self._fn_stats = stats
         self.model.counters(now, {self.watched[s].key: _counters(v) for s, v in stats.items()},
                             self._dirty_now())
         self._finish_flushes(final=False)
@@ -248,11 +258,32 @@ class Session:
         d["slots_exhausted"] = p.slots_exhausted
         d["overlays_watched"] = sum(1 for w in self.watched.values() if w.ov and w.gone_since is None)
         d["refresh_seconds"] = round(self.refresh_seconds, 6)
+        d.update(self._function_hook_stats())
         return d
+
+    def _function_hook_stats(self) -> dict:
+        """What only function hooks measure (model.Counters has no place
+        for it yet): copy-up details per overlay, sb errseq moves per fs."""
+        copy_up, sb_err = {}, {}
+        for slot, s in self._fn_stats.items():
+            w = self.watched.get(slot)
+            if w is None:
+                continue
+            if w.ov is not None and (s.copy_ups or s.copy_up_failures):
+                copy_up[w.ov.mountpoint] = {
+                    "copy_ups": s.copy_ups, "metadata_only": s.copy_ups_meta,
+                    "bytes": s.copy_up_bytes, "failures": s.copy_up_failures,
+                    "seconds": round(s.copy_up_ns / 1e9, 6),
+                    "latency_log2_us": list(s.copy_up_lat)}
+            elif w.ov is None and s.sb_err_advances:
+                sb_err[format_dev(w.dev)] = s.sb_err_advances
+        return {"copy_up": copy_up, "sb_errseq_advances": sb_err}
 
     # ---- events --------------------------------------------------------------
     def _on_event(self, ev: RawEvent) -> None:
-        if ev.type == bpfdefs.EV_FLUSH:
+        if ev.type == bpfdefs.EV_FLUSH_DONE:
+            self.flush_done[ev.flush_id] = ev.end_ns
+        elif ev.type == bpfdefs.EV_FLUSH:
             self.pending.append(_PendingFlush(ev, self.now(), self._flush_target(ev)))
         elif ev.type == bpfdefs.EV_WB_ERROR:
             key = self.by_slotgen.get((ev.slot, ev.gen))
@@ -279,7 +310,7 @@ class Session:
         now_k = time.monotonic_ns()
         for p in self.pending:
             ev = p.ev
-            if ev.kind == bpfdefs.FLUSH_UMOUNT and not final:
+            if ev.kind == bpfdefs.FLUSH_UMOUNT and not final and ev.flush_id not in self.flush_done:
                 last = self.probes.flush_last(ev.flush_id) or ev.end_ns
                 if (now_k - max(last, ev.end_ns)) / 1e9 < tail:
                     waiting.append(p)
@@ -292,7 +323,10 @@ class Session:
         for p in ready:
             ev = p.ev
             end_ns = ev.end_ns
-            if ev.kind == bpfdefs.FLUSH_UMOUNT:
+            if ev.kind == bpfdefs.FLUSH_UMOUNT and ev.flush_id in self.flush_done:
+                end_ns = self.flush_done.pop(ev.flush_id)   # exact: its sync_filesystem returned
+                self.probes.forget_flush(ev.flush_id, ev.tid)
+            elif ev.kind == bpfdefs.FLUSH_UMOUNT:
                 last = self.probes.flush_last(ev.flush_id)
                 if last:
                     end_ns = max(end_ns, last)
@@ -319,6 +353,8 @@ class Session:
             target, upper_dev = w.key, format_dev(w.upper_dev)
         elif kind == "syncfs" and ev.dev in self.upper:
             upper_dev = format_dev(ev.dev)
+        if upper_dev is None and ev.synced_dev and ev.synced_dev in self.upper:
+            upper_dev = format_dev(ev.synced_dev)     # sync_filesystem hook: exact
         vs = [Victim(self.by_slotgen[k], b) for k, b in victims.items() if k in self.by_slotgen]
         vs.sort(key=lambda v: -v.bytes_written_back)
         if kind != "sync" and target is None and upper_dev is None and not vs:

@@ -113,3 +113,21 @@ def test_ebpf_prints_the_program():
     assert r.returncode == 0, r.stderr
     assert "RAW_TRACEPOINT_PROBE(writeback_mark_inode_dirty)" in r.stdout
     assert "#define OFF_inode_i_sb" in r.stdout
+
+
+@pytest.mark.parametrize("command", [["audit", "-d", "120s"], ["exporter", "--web.listen-address", "127.0.0.1:0"]])
+def test_sighup_reloads_and_keeps_tracing(command):
+    t = Trace(command)
+    t.wait_attached()
+    t.signal(signal.SIGHUP)
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not any("reloaded" in l for l in t.stderr_lines):
+        time.sleep(0.1)
+    assert any("reloaded" in l for l in t.stderr_lines), t.stderr
+    assert t.proc.poll() is None                 # still running
+    assert our_bpf_programs()
+    t.signal(signal.SIGTERM)
+    rc, _ = t.finish()
+    assert rc == 0, t.stderr
+    assert _wait_gone() == []
+

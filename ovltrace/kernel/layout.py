@@ -121,6 +121,26 @@ _FLAG_FALLBACK = {"I_DIRTY_SYNC": 1 << 0, "I_DIRTY_DATASYNC": 1 << 1,
                   "I_DIRTY_PAGES": 1 << 2, "I_DIRTY_TIME": 1 << 11}
 
 
+def pt_regs(btf: BTF) -> str | None:
+    """struct pt_regs as C, from BTF: bcc's PT_REGS_PARMx read it, and
+    without kernel headers nothing else defines it.  Only a flat file of
+    unsigned longs (x86_64) is written out."""
+    try:
+        tid = btf.struct("pt_regs")
+        members = btf.members(tid)
+        body, pos = [], 0
+        for m in members:
+            if m.bitfield_size or m.bit_offset != pos * 8 or btf.size(m.type_id) != 8:
+                return None
+            body.append(f"\tunsigned long {m.name or f'__anon{pos}'};")   # 6.9+: cs/ss unions
+            pos += 8
+        if pos != btf.size(tid):
+            return None
+    except BTFError:
+        return None
+    return "struct pt_regs {\n" + "\n".join(body) + "\n};"
+
+
 def programs(hook: str) -> list[str]:
     """The tracepoints (category/name) the hook's own programs attach to."""
     need = HOOKS[hook]
@@ -217,11 +237,15 @@ def generate(btf: BTF, tracefs: str = "/sys/kernel/tracing",
                     why = f"tracepoint {tp} not found"
                     break
         hooks[hook] = why
+    regs = pt_regs(btf)
+    lines.append(regs or "/* struct pt_regs: not a flat register file here, no kprobes */")
     functions: dict[str, str | None] = {}
     for hook, need in FUNCTIONS.items():
         gone = [m for m in need["members"] if m in missing]
         functions[hook] = (f"kernel lacks {MEMBERS[gone[0]][0]}.{MEMBERS[gone[0]][1]} "
                            f"({missing[gone[0]]})" if gone else None)
+        if not regs and functions[hook] is None:
+            functions[hook] = "struct pt_regs is not a flat register file (only x86_64 is)"
     try:
         lines.append(f"#define K_OVL_UPPERDATA {btf.enum_value('OVL_UPPERDATA')}")
     except BTFError:
