@@ -129,7 +129,11 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	u64 ino, sb, state;
 	u32 igen;
 	SPAN_GET(ino, sp, inode_i_ino);
+#ifdef INODE_GEN_SEPARATE
+	KREAD(igen, inode, inode_i_generation);
+#else
 	SPAN_GET(igen, sp, inode_i_generation);
+#endif
 	SPAN_GET(state, sp, inode_i_state);
 	SPAN_GET(o->mapping, sp, inode_i_mapping);
 	o->ino = ino;

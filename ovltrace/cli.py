@@ -106,9 +106,17 @@ Examples:
 
 @click.group(epilog=EPILOG_MAIN, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ovltrace")
-def cli():
+@click.option("--hooks", type=click.Choice(["auto", "functions", "tracepoints"]), default=None,
+              envvar="OVLTRACE_HOOKS",
+              help="auto: per hook fentry, else kprobe, else tracepoint; functions: fail "
+                   "unless function hooks attach; tracepoints: tracepoint path only "
+                   "[env OVLTRACE_HOOKS; default auto]. Example: ovltrace --hooks "
+                   "tracepoints audit")
+def cli(hooks):
     """See which container dirties, flushes and breaks the overlayfs upper
     filesystem that all containers on a host share."""
+    if hooks:
+        os.environ["OVLTRACE_HOOKS"] = hooks     # read by probes.Probes
 
 
 btf_option = click.option("--btf", metavar="PATH", envvar="OVLTRACE_BTF",

@@ -5,7 +5,9 @@ import os
 import platform
 
 from .errors import OvltraceError
-from .probes import DEFAULT_BTF, TRACEFS, Probes, ensure_tracefs
+from .kernel.layout import UNHOOKABLE
+from .probes import (DEFAULT_BTF, MECHANISMS, TRACEFS, Probes, ensure_tracefs, fentry_available,
+                     hook_mode, kprobes_available)
 
 
 def _read(path: str) -> str | None:
@@ -33,9 +35,11 @@ def facts() -> list[tuple[str, str, bool]]:
                 else "absent (not needed: ovltrace builds its own tree from BTF)", True))
     has_tracefs = os.path.isdir(os.path.join(TRACEFS, "events"))
     out.append(("tracefs", TRACEFS if has_tracefs else "not mounted (ovltrace mounts it)", True))
-    kprobes = os.path.exists(os.path.join(TRACEFS, "kprobe_events")) or \
-        os.path.isdir("/sys/bus/event_source/devices/kprobe")
-    out.append(("kprobes", "available" if kprobes else "not available (CONFIG_KPROBES off)", True))
+    why = kprobes_available()
+    out.append(("kprobes", f"not available: {why}" if why else "available", True))
+    why = fentry_available()
+    out.append(("fentry", f"not available: {why}" if why else
+                "BPF trampolines present (loading allowed? see hooks)", True))
     stats = _read("/proc/sys/kernel/bpf_stats_enabled")
     out.append(("bpf_stats_enabled", stats if stats is not None else "unknown", True))
     lock = _read("/sys/kernel/security/lockdown")
@@ -58,24 +62,45 @@ def run_doctor(btf: str | None) -> int:
             print(f"  {'tracefs':<18} {e}")
             ok = False
     try:
+        mode = hook_mode()
         probes = Probes(btf)
     except OvltraceError as e:
         print(f"  cannot read kernel types: {e}")
         return 1
+    # As root, really attach (then detach): the only way to know what the
+    # kernel allows (fentry loads can be refused, kprobes can be missing).
+    attached, failure = False, None
+    if os.geteuid() == 0:
+        try:
+            probes.attach()
+            attached = True
+        except OvltraceError as e:
+            failure = str(e)
+        finally:
+            probes.close()
     print()
-    print("hooks (what each measures, the mechanism chosen, or why none)")
+    print(f"hooks (mode {mode}; preference {' > '.join(MECHANISMS)}; "
+          f"{'as attached just now' if attached else 'predicted, not attached'})")
     usable = 0
     for h in probes.hooks():
         mech = h.mechanism or "unavailable"
         usable += bool(h.mechanism)
         print(f"  {h.name:<12} {mech:<11} {h.what}")
-        if h.reason:
+        for m, why in (h.tried or {}).items():
+            print(f"  {'':<12} {'':<11} not {m}: {why}")
+        if h.reason and not h.tried:
             print(f"  {'':<12} {'':<11} why: {h.reason}")
     for n in probes.layout.notes:
         print(f"  note: {n}")
-    print("  errseq_set   never      notrace in every kernel we know (lib/ is built without "
-          "ftrace);")
-    print("                          covered by the filemap_set_wb_err hook")
+    import textwrap
+    for fn, why in UNHOOKABLE.items():
+        lines = textwrap.wrap(why, 80 - 27)
+        print(f"  {fn:<12} {'never':<11} {lines[0]}")
+        for l in lines[1:]:
+            print(f"  {'':<12} {'':<11} {l}")
+    if failure:
+        print(f"  attach failed: {failure}")
+        ok = False
     print()
     if usable == 0:
         print("verdict: nothing can be traced on this kernel")
