@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -128,3 +129,20 @@ def test_mount_churn_while_tracing(sandbox):
     assert rd["bytes_dirtied"] == 1 * MiB
     assert rd["live"] is False
     assert by_mountpoint(rep, seen["e"])["live"] is True
+
+
+def test_mounts_json_lists_sandbox_overlays(sandbox):
+    import json
+    a = sandbox.add_overlay("listed", volatile=True)
+    r = subprocess.run([sys.executable, "-m", "ovltrace.cli", "mounts", "--format", "json"],
+                       capture_output=True, text=True, check=True)
+    items = {o["mountpoint"]: o for o in json.loads(r.stdout)}
+    o = items[a.mountpoint]
+    assert o["upperdir"] == a.upperdir and o["workdir"] == a.workdir
+    assert o["upper_dev"] == sandbox.upper_dev
+    assert "volatile" in o["options"]
+    assert o["container"] is None            # no runtime knows it: named by mountpoint
+    assert isinstance(o["mnt_ns"], int) and o["mnt_ns"] > 0
+    table = subprocess.run([sys.executable, "-m", "ovltrace.cli", "mounts"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "listed" in table
