@@ -60,8 +60,11 @@ data = os.urandom(A["size"])
 i = 0
 while alive():
     # open("wb") truncates: a rewrite, like an app saving state or rotating logs
-    with open("app-state/f%04d.dat" % (i % A["files"]), "wb") as f:
-        f.write(data)
+    try:
+        with open("app-state/f%04d.dat" % (i % A["files"]), "wb") as f:
+            f.write(data)
+    except OSError:
+        pass                 # the shared fs is full or failing: an app would retry
     i += 1
     time.sleep(A["interval"])
 """
@@ -81,8 +84,11 @@ _SYNCFS_NEIGHBOUR = r"""
 fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)   # one fd: sees each new wb error once
 i = 0
 while alive():
-    with open("neighbour-tick", "w") as f:
-        f.write(str(i))
+    try:
+        with open("neighbour-tick", "w") as f:
+            f.write(str(i))
+    except OSError:
+        pass                                         # a full or failing fs: keep flushing
     libc.syncfs(fd)                                  # flushes the whole upper fs
     i += 1
     time.sleep(A["interval"])

@@ -1,0 +1,78 @@
+"""Copy-ups that are known exactly: how many, how many bytes, data or
+metadata only.  With ovl_copy_up_flags hooked (fentry or kprobe: the VM run,
+tests/vm/run) every figure is exact; on the tracepoint path (this machine)
+the workdir estimate's weaker properties are checked, and the test says
+which it did."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import audit_json, by_mountpoint
+
+pytestmark = pytest.mark.live
+
+KiB, MiB = 1 << 10, 1 << 20
+SIZE = {"append": 3 * MiB + 123, "trunc": 2 * MiB + 5, "chmod": 1 * MiB + 7, "meta": 1 * MiB + 9}
+
+
+def hook(rep: dict, name: str) -> dict:
+    hooks = {h["name"]: h for h in rep["hooks"]}
+    assert name in hooks, rep["hooks"]
+    return hooks[name]
+
+
+def function_hooked(rep: dict, name: str) -> bool:
+    h = hook(rep, name)
+    if os.environ.get("OVLTRACE_HOOKS") == "functions":
+        assert h["mechanism"] in ("fentry", "kprobe"), h     # required: the VM run
+    print(f"\n{name}: {h['mechanism']}" + ("" if h["mechanism"] != "tracepoint" else
+          f" (stand-in; {h['function']} not hookable here: {h.get('tried')})"))
+    return h["mechanism"] in ("fentry", "kprobe")
+
+
+def test_exact_copy_ups(sandbox):
+    for case, size in SIZE.items():
+        sandbox.make_lower_file(f"{case}/file", size)
+    ovs = {case: sandbox.add_overlay(f"cu-{case}", metacopy=(case == "meta")) for case in SIZE}
+
+    def work():
+        with open(f"{ovs['append'].mountpoint}/append/file", "ab") as f:   # data copy-up
+            f.write(b"tail")
+        fd = os.open(f"{ovs['trunc'].mountpoint}/trunc/file", os.O_WRONLY | os.O_TRUNC)
+        os.close(fd)                                                      # copies no data
+        os.chmod(f"{ovs['chmod'].mountpoint}/chmod/file", 0o600)         # data (no metacopy)
+        os.chmod(f"{ovs['meta'].mountpoint}/meta/file", 0o600)           # metadata only
+
+    args = [a for ov in ovs.values() for a in ("--overlay", ov.mountpoint)]
+    rep = audit_json(args, work)
+    row = {case: by_mountpoint(rep, ov.mountpoint) for case, ov in ovs.items()}
+    # what the kernel did
+    assert os.path.getsize(f"{ovs['append'].upperdir}/append/file") == SIZE["append"] + 4
+    assert os.path.getsize(f"{ovs['trunc'].upperdir}/trunc/file") == 0
+
+    if function_hooked(rep, "copy_up"):
+        assert row["append"]["copy_ups"] == 1
+        assert row["append"]["copy_up_bytes"] == SIZE["append"]
+        assert row["trunc"]["copy_ups"] == 1
+        assert row["trunc"]["copy_up_bytes"] == 0
+        assert row["chmod"]["copy_ups"] == 1
+        assert row["chmod"]["copy_up_bytes"] == SIZE["chmod"]
+        assert row["meta"]["copy_ups"] == 1
+        assert row["meta"]["copy_up_bytes"] == 0
+        detail = rep["self"]["copy_up"]
+        assert detail[ovs["meta"].mountpoint]["metadata_only"] == 1
+        for case in ("append", "trunc", "chmod"):
+            d = detail[ovs[case].mountpoint]
+            assert d["metadata_only"] == 0 and d["failures"] == 0
+            assert sum(d["latency_log2_us"]) == 1
+    else:
+        # the estimate: temp files in workdir and the bytes dirtied there
+        for case in ("append", "chmod"):
+            assert row[case]["copy_ups"] == 1, case
+            assert row[case]["copy_up_bytes"] >= SIZE[case], case   # folio-rounded
+        for case in ("trunc", "meta"):
+            assert row[case]["copy_ups"] <= 1, case
+            assert row[case]["copy_up_bytes"] < SIZE[case], case     # no data copied
+        assert rep["self"].get("copy_up", {}) == {}                   # function hooks only
