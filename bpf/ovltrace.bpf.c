@@ -822,6 +822,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_fdatasync)
  * kprobe/kretprobe; probes.py attaches one of them, or the tracepoint
  * stand-in above, per hook, never two (bcc's autoload is off). */
 
+/* fentry arguments are typed kernel pointers to the verifier, which then
+ * refuses them as map keys or in arithmetic: copy them out as numbers. */
+#define KARG(i) ({ u64 __v = 0; bpf_probe_read_kernel(&__v, sizeof(__v), &ctx[i]); __v; })
+
 /* ---- ovl_copy_up_flags(struct dentry *dentry, int flags) ----------------
  * Whether a copy-up really happened, and of what, is read from the
  * overlay inode before and after: OVL_I(inode)->__upperdentry (has an
@@ -910,7 +914,7 @@ static __always_inline void on_copy_up_return(s64 ret)
 
 KFUNC_PROBE(ovl_copy_up_flags, void *dentry, void *flags)
 {
-	on_copy_up_enter(dentry, (u32)(u64)flags);
+	on_copy_up_enter((void *)KARG(0), (u32)KARG(1));
 	return 0;
 }
 
@@ -945,6 +949,14 @@ BPF_HASH(sfs_inflight, u32, struct sfs_stack, 1024);         /* tid -> frames */
 
 #define ERRSEQ_SEEN (1U << 12)
 
+/* frame d (< SFS_DEPTH): the barrier keeps the mask that the verifier
+ * needs, which clang would drop after the range check */
+static __always_inline struct sfs_frame *sfs_frame_at(struct sfs_stack *stk, u32 d)
+{
+	asm volatile("" : "+r"(d));
+	return &stk->f[d & (SFS_DEPTH - 1)];
+}
+
 static __always_inline void on_sync_fs_enter(void *sb)
 {
 	struct flush_state *st = current_flush();
@@ -963,7 +975,7 @@ static __always_inline void on_sync_fs_enter(void *sb)
 	stk->depth = d + 1;
 	if (d >= SFS_DEPTH)
 		return;
-	struct sfs_frame *f = &stk->f[d & (SFS_DEPTH - 1)];
+	struct sfs_frame *f = sfs_frame_at(stk, d);
 	f->sb = (u64)sb;
 	f->dev = 0;
 	KREAD(f->dev, sb, super_block_s_dev);
@@ -987,7 +999,7 @@ static __always_inline void on_sync_fs_return(void)
 	stk->depth = d;
 	struct flush_state *st = flushes.lookup(&tid);
 	if (d < SFS_DEPTH && st) {
-		struct sfs_frame *f = &stk->f[d & (SFS_DEPTH - 1)];
+		struct sfs_frame *f = sfs_frame_at(stk, d);
 		if (f->upper) {
 			u32 errseq = 0;
 			KREAD(errseq, f->sb, super_block_s_wb_err);
@@ -1031,7 +1043,7 @@ static __always_inline void on_sync_fs_return(void)
 
 KFUNC_PROBE(sync_filesystem, void *sb)
 {
-	on_sync_fs_enter(sb);
+	on_sync_fs_enter((void *)KARG(0));
 	return 0;
 }
 
@@ -1058,7 +1070,7 @@ int kretprobe__sync_filesystem(struct pt_regs *ctx)
 #ifdef FN_inode_dirty
 KFUNC_PROBE(__mark_inode_dirty, void *inode, void *flags)
 {
-	on_inode_dirty(inode, (u32)(u64)flags);
+	on_inode_dirty((void *)KARG(0), (u32)KARG(1));
 	return 0;
 }
 
@@ -1074,7 +1086,7 @@ int kprobe____mark_inode_dirty(struct pt_regs *ctx)
 #ifdef FN_wb_error
 KFUNC_PROBE(__filemap_set_wb_err, void *mapping, void *err)
 {
-	on_wb_error(mapping, -(s32)(s64)err);
+	on_wb_error((void *)KARG(0), -(s32)KARG(1));
 	return 0;
 }
 

@@ -43,8 +43,9 @@ def build(n: int = 4, inject_errors: bool = False, big_lower_mb: int = 32) -> De
     try:
         if inject_errors:
             # writes past the tmpfs size fail at writeback (KERNEL-NOTES);
-            # errors=continue keeps the fs writable for the others
-            sb = Sandbox(errors="leak", size_mb=1024, backing_tmpfs_mb=200)
+            # the failed metadata turns ext4 read-only, so the others stop
+            # writing and only hear about it from syncfs
+            sb = Sandbox(size_mb=1024, backing_tmpfs_mb=160)
         else:
             sb = Sandbox(size_mb=max(1024, 64 * n))
     except Exception as e:  # mkfs/losetup/mount problems come as various errors

@@ -152,8 +152,7 @@ def choose(mechanisms: list[str], attach) -> tuple[str | None, dict[str, str]]:
 def select_hooks(hooks: list[str], mode: str, attach) -> dict[str, Hook]:
     """Choose a mechanism for every hook, in order, each on its own: one
     that fails never takes another down.  `attach(hook, mechanism)` raises
-    AttachError.  In "functions" mode a function hook left without a
-    function is an error (OvltraceError, every reason in one line)."""
+    AttachError.  (In "functions" mode, require_functions() then checks.)"""
     out: dict[str, Hook] = {}
     for name in hooks:
         mechs, skipped = candidates(name, mode)
@@ -162,12 +161,16 @@ def select_hooks(hooks: list[str], mode: str, attach) -> dict[str, Hook]:
         reason = None if mech else "; ".join(f"{m}: {why}" for m, why in tried.items())
         out[name] = Hook(name, HOOKS[name]["what"], mech, reason,
                          FUNCTIONS.get(name, {}).get("function"), tried)
-    if mode == "functions":
-        bad = [h for h in out.values() if h.function and h.mechanism not in FUNCTION_MECHANISMS]
-        if bad:
-            raise OvltraceError("function hooks required (--hooks functions) but unavailable: " +
-                                " | ".join(f"{h.name} ({h.function}): {h.reason}" for h in bad))
     return out
+
+
+def require_functions(chosen: dict[str, Hook]) -> None:
+    """--hooks functions: every function hook must have got a function."""
+    bad = [h for h in chosen.values() if h.function and h.mechanism not in FUNCTION_MECHANISMS
+           and h.reason != "not requested"]
+    if bad:
+        raise OvltraceError("function hooks required (--hooks functions) but unavailable: " +
+                            " | ".join(f"{h.name} ({h.function}): {h.reason}" for h in bad))
 
 
 @dataclass
@@ -299,6 +302,8 @@ class Probes:
                 if h not in self.chosen:
                     self.chosen[h] = Hook(h, HOOKS[h]["what"], None, "not requested",
                                           FUNCTIONS.get(h, {}).get("function"))
+            if self.mode == "functions":
+                require_functions(self.chosen)
             if not self.enabled_hooks():
                 raise OvltraceError("no hook can be attached on this kernel (" + "; ".join(
                     f"{h.name}: {h.reason}" for h in self.chosen.values()) + ")")

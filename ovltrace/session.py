@@ -265,11 +265,13 @@ class Session:
         """What only function hooks measure (model.Counters has no place
         for it yet): copy-up details per overlay, sb errseq moves per fs."""
         copy_up, sb_err = {}, {}
+        exact = any(h.name == "copy_up" and h.mechanism in ("fentry", "kprobe")
+                    for h in self.probes.hooks())
         for slot, s in self._fn_stats.items():
             w = self.watched.get(slot)
             if w is None:
                 continue
-            if w.ov is not None and (s.copy_ups or s.copy_up_failures):
+            if w.ov is not None and exact and (s.copy_ups or s.copy_up_failures):
                 copy_up[w.ov.mountpoint] = {
                     "copy_ups": s.copy_ups, "metadata_only": s.copy_ups_meta,
                     "bytes": s.copy_up_bytes, "failures": s.copy_up_failures,
