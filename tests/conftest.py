@@ -65,14 +65,20 @@ class Trace:
         return "\n".join(self.stderr_lines)
 
 
-def audit_json(args: list[str], during=None, duration: str = "3s") -> dict:
+def audit_json(args: list[str], during=None, duration: str | None = None,
+               settle: float = 1.0) -> dict:
     """Run `ovltrace audit --format json`, call `during()` once the probes
-    are attached, return the parsed report."""
-    t = Trace(["audit", "--format", "json", "-d", duration] + args)
+    are attached, end the trace with SIGINT `settle` seconds after it
+    returns (or after `duration` if given), return the parsed report.
+    Ending on the work, not on a clock, keeps slow machines honest."""
+    t = Trace(["audit", "--format", "json", "-d", duration or "600s"] + args)
     t.wait_attached()
     try:
         if during:
             during()
+        if duration is None:
+            time.sleep(settle)
+            t.signal(signal.SIGINT)
     except BaseException:
         t.proc.kill()
         raise

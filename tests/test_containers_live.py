@@ -162,7 +162,7 @@ def test_live_audit_names_real_containers(containers):
         run(DOCKER, "exec", WEB, "dd", "if=/dev/zero", "of=/web.dat", "bs=65536", "count=16")
         run("podman", "exec", DB, "sh", "-c", "dd if=/dev/zero of=/db.dat bs=65536 count=8 && sync")
 
-    rep = audit_json([], work, duration="6s")
+    rep = audit_json([], work)
     by_name = {o["container"]["name"]: o for o in rep["overlays"] if o["container"]}
     assert by_name[WEB]["container"]["runtime"] == "docker"
     assert by_name[WEB]["bytes_dirtied"] == 16 * 65536

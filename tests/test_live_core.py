@@ -96,7 +96,7 @@ def test_unmount_flushes_the_neighbours(sandbox):
         sh(f"umount '{b.mountpoint}'")
         sandbox.overlays.pop("leaves", None)
 
-    rep = audit_json(["--overlay", a.mountpoint, "--overlay", b.mountpoint], work, duration="5s")
+    rep = audit_json(["--overlay", a.mountpoint, "--overlay", b.mountpoint], work)
     um = [f for f in rep["flushes"] if f["kind"] == "umount"]
     assert len(um) == 1, rep["flushes"]
     assert um[0]["overlay"] == b.mountpoint
@@ -122,7 +122,7 @@ def test_mount_churn_while_tracing(sandbox):
         seen["e"] = e.mountpoint
         time.sleep(1.5)
 
-    rep = audit_json([], work, duration="7s")
+    rep = audit_json([], work)
     mps = [o["mountpoint"] for o in rep["overlays"]]
     assert a.mountpoint in mps
     rd = by_mountpoint(rep, seen["d"])
