@@ -22,7 +22,10 @@ SCHEMA_VERSION = 1
 COUNTER_FIELDS = ("inodes_dirtied", "bytes_dirtied", "bytes_written_back", "copy_ups",
                   "copy_up_bytes", "writeback_errors", "fsync_calls", "syncfs_calls",
                   "errors_returned", "dirty_calls_pages", "dirty_calls_sync",
-                  "dirty_calls_datasync", "dirty_calls_time")
+                  "dirty_calls_datasync", "dirty_calls_time",
+                  # exact with the ovl_copy_up_flags / sync_filesystem hooks (issue 4);
+                  # appended, so older recordings still read
+                  "copy_ups_metadata_only", "copy_up_failures", "copy_up_ns", "sb_errseq_advances")
 
 
 @dataclass
@@ -40,6 +43,10 @@ class Counters:
     dirty_calls_sync: int = 0
     dirty_calls_datasync: int = 0
     dirty_calls_time: int = 0
+    copy_ups_metadata_only: int = 0
+    copy_up_failures: int = 0
+    copy_up_ns: int = 0
+    sb_errseq_advances: int = 0
 
     def __sub__(self, other: "Counters") -> "Counters":
         return Counters(*(max(0, getattr(self, f) - getattr(other, f)) for f in COUNTER_FIELDS))
@@ -108,6 +115,8 @@ class Flush:
     caller_container: ContainerRef | None = None
     path: str = ""               # umount: the path given
     target_dev: str | None = None
+    synced_dev: str | None = None    # the sb sync_filesystem really synced (function hook)
+    sb_err_advanced: bool = False    # that sb's s_wb_err moved during the flush
 
 
 @dataclass
@@ -414,6 +423,9 @@ def snapshot_json(s: Snapshot) -> dict:
             "dirty_inodes_now": row.dirty_inodes_now,
             "dirty_calls": {"pages": row.window.dirty_calls_pages, "sync": row.window.dirty_calls_sync,
                             "datasync": row.window.dirty_calls_datasync, "time": row.window.dirty_calls_time},
+            "copy_ups_metadata_only": row.window.copy_ups_metadata_only,
+            "copy_up_failures": row.window.copy_up_failures,
+            "copy_up_seconds": round(row.window.copy_up_ns / 1e9, 6),
             "fsync_calls": row.window.fsync_calls, "syncfs_calls": row.window.syncfs_calls,
             "errors_returned": row.window.errors_returned,
             "flushed_for_others_bytes": row.flushed_for_others,
@@ -429,6 +441,7 @@ def snapshot_json(s: Snapshot) -> dict:
             "overlay": s.label(f.target), "upper_dev": f.upper_dev,
             "container": f.caller_container.to_json() if f.caller_container else
             (s.metas[f.target].container.to_json() if f.target in s.metas and s.metas[f.target].container else None),
+            "synced_dev": f.synced_dev, "sb_err_advanced": f.sb_err_advanced,
             "start": round(f.start - s.window_start, 6),
             "duration_seconds": round(f.duration, 6), "ret": f.ret, "path": f.path or None,
             "victims": [{"overlay": s.label(v.key), "bytes_written_back": v.bytes_written_back}

@@ -370,7 +370,9 @@ class Session:
         return Flush(kind=kind, pid=ev.pid, tid=ev.tid, comm=ev.comm, start=self._t(ev.ts_ns),
                      duration=max(0.0, (end_ns - ev.ts_ns) / 1e9), ret=ev.err, target=target,
                      upper_dev=upper_dev, victims=vs, caller_container=container,
-                     path=ev.path, target_dev=format_dev(ev.dev) if ev.dev else None)
+                     path=ev.path, target_dev=format_dev(ev.dev) if ev.dev else None,
+                     synced_dev=format_dev(ev.synced_dev) if ev.synced_dev else None,
+                     sb_err_advanced=bool(ev.sb_err_advanced))
 
     def _overlay_at(self, path: str) -> _Watched | None:
         if not path:
@@ -450,7 +452,9 @@ def _counters(s) -> Counters:
         fsync_calls=s.fsync_calls, syncfs_calls=s.syncfs_calls,
         errors_returned=s.errors_returned, dirty_calls_pages=s.dirty_calls[0],
         dirty_calls_sync=s.dirty_calls[1], dirty_calls_datasync=s.dirty_calls[2],
-        dirty_calls_time=s.dirty_calls[3])
+        dirty_calls_time=s.dirty_calls[3],
+        copy_ups_metadata_only=s.copy_ups_meta, copy_up_failures=s.copy_up_failures,
+        copy_up_ns=s.copy_up_ns, sb_errseq_advances=s.sb_err_advances)
 
 
 def _fs_mountpoint(ov: Overlay) -> str:

@@ -479,7 +479,8 @@ class OverlayCollector:
         for name, (fieldname, _h) in OVERLAY_COUNTERS.items():
             f = fam(name, labels)
             for ls, c in order:
-                out.add(f, list(ls), getattr(c, fieldname))
+                value = c.copy_up_ns / 1e9 if fieldname == "copy_up_seconds" else getattr(c, fieldname)
+                out.add(f, list(ls), value)
         dirty: dict[tuple, int] = {}
         unreported: dict[tuple, int] = {}
         for key, s in self.seen.items():

@@ -37,6 +37,14 @@ OVERLAY_COUNTERS = {
         "copy_ups", "Files copied up from a lower layer."),
     "ovltrace_overlay_copy_up_bytes_total": (
         "copy_up_bytes", "Bytes written by copy-ups."),
+    "ovltrace_overlay_copy_ups_metadata_only_total": (
+        "copy_ups_metadata_only", "Copy-ups of metadata only (metacopy=on, O_TRUNC); "
+        "needs the ovl_copy_up_flags hook."),
+    "ovltrace_overlay_copy_up_failures_total": (
+        "copy_up_failures", "Copy-ups that failed; needs the ovl_copy_up_flags hook."),
+    "ovltrace_overlay_copy_up_seconds_total": (
+        "copy_up_seconds", "Time spent in copy-ups (divide by copy_ups_total for the mean "
+        "latency); needs the ovl_copy_up_flags hook."),
     "ovltrace_overlay_fsync_calls_total": (
         "fsync_calls", "fsync/fdatasync calls on files of this overlay."),
     "ovltrace_overlay_syncfs_calls_total": (
