@@ -61,7 +61,9 @@ BPF_HASH(victims, struct victim_key, u64, MAX_VICTIMS);     /* flush x slot -> b
 struct pending_ret { struct slot_ref ref; u32 dev; u32 kind; };
 BPF_HASH(ret_pending, u32, struct pending_ret, 4096);        /* tid -> fsync on overlay */
 
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* Two channels, so an error storm can never crowd out flushes: */
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);        /* flushes, errors returned */
+BPF_RINGBUF_OUTPUT(error_events, RINGBUF_PAGES);  /* writeback errors */
 
 static __always_inline void count(u32 idx)
 {
@@ -558,9 +560,9 @@ static __always_inline void on_wb_error(void *mapping, s32 errno)
 	struct ovl_stats *s = slot_stats(o.slot);
 	if (s)
 		s->wb_errors++;
-	struct event *e = events.ringbuf_reserve(sizeof(struct event));
+	struct event *e = error_events.ringbuf_reserve(sizeof(struct event));
 	if (!e) {
-		count(CNT_EVENTS_DROPPED);
+		count(CNT_ERROR_EVENTS_DROPPED);     /* the counters above stay exact */
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));

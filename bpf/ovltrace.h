@@ -22,7 +22,8 @@ enum ret_kind { RK_SYNCFS = 1, RK_FSYNC = 2, RK_FDATASYNC = 3 };
 /* counters[] indexes: the tool's own health, exported as self-metrics */
 enum counter {
 	CNT_EVENTS_DROPPED, CNT_CACHE_MISS, CNT_WALK_TOO_DEEP,
-	CNT_WALK_NO_DENTRY, CNT_MAP_FULL, CNT_FLUSH_WORKS, CNT_FOLIO_UNMATCHED, CNT_NR = 16
+	CNT_WALK_NO_DENTRY, CNT_MAP_FULL, CNT_FLUSH_WORKS, CNT_FOLIO_UNMATCHED,
+	CNT_ERROR_EVENTS_DROPPED, CNT_NR = 16
 };
 
 /* Each overlay, and the rest of each upper fs, owns a slot.  A slot is

@@ -8,7 +8,7 @@ CFG_EPOCH, CFG_FN_COPY_UP = 0, 1
 COPYUP_LAT_SLOTS = 16
 RET_KINDS = {1: "syncfs", 2: "fsync", 3: "fdatasync"}
 COUNTERS = ["events_dropped", "cache_misses", "walk_too_deep",
-            "walk_no_dentry", "map_full", "flush_works", "folio_bytes_unmatched"]
+            "walk_no_dentry", "map_full", "flush_works", "folio_bytes_unmatched", "error_events_dropped"]
 STAT_FIELDS = ["inodes_dirtied", "bytes_dirtied", "bytes_written_back", "copy_ups",
                "copy_up_bytes", "wb_errors", "fsync_calls", "syncfs_calls", "errors_returned",
                # function hooks only

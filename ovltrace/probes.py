@@ -308,6 +308,7 @@ class Probes:
                 raise OvltraceError("no hook can be attached on this kernel (" + "; ".join(
                     f"{h.name}: {h.reason}" for h in self.chosen.values()) + ")")
             self.bpf["events"].open_ring_buffer(self._on_event)
+            self.bpf["error_events"].open_ring_buffer(self._on_event)
         except BaseException:
             self.close()
             raise

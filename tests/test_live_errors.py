@@ -40,7 +40,6 @@ def test_error_leak_and_silent_loss():
     assert rc1 == 0, traces["before_fsync"].stderr
     early = json.loads(out1)
     a, b = traces["a"], traces["b"]
-
     # what the kernel did (the scenario is deterministic; see test_sandbox)
     assert res.a_syncfs == -5 and res.b_syncfs_write_fd == 0 and res.b_syncfs_fresh_fd == 0
     assert res.b_fsync < 0
@@ -54,7 +53,8 @@ def test_error_leak_and_silent_loss():
         assert {e["ino"] for e in errs} == {res.b_ino}
         # A's syncfs returned EIO: a flush with ret -5, and a leak A <- B
         a_calls = [f for f in rep["flushes"] if f["kind"] == "syncfs" and f["overlay"] == a]
-        assert [f["ret"] for f in a_calls] == [-5]
+        assert [f["ret"] for f in a_calls] == [-5], \
+            [(f["kind"], f["overlay"], f["ret"], f["pid"], f["upper_dev"], f.get("synced_dev")) for f in rep["flushes"]]
         assert rep["leaks"] == [{"victim": a, "source": b, "errno": 5, "call": "syncfs"}]
         b_calls = [f for f in rep["flushes"] if f["kind"] == "syncfs" and f["overlay"] == b]
         assert [f["ret"] for f in b_calls] == [0, 0]

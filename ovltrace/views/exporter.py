@@ -551,10 +551,10 @@ class OverlayCollector:
         f = fam("ovltrace_exporter_hook_info", ["hook", "mechanism"])
         for hk in (view.get("hooks", []) if view else []):
             out.add(f, [hk.get("name", "?"), hk.get("mechanism") or "none"], 1, force=True)
-        f = fam("ovltrace_exporter_dropped_events_total", [])
-        out.add(f, [], st.get("events_dropped", 0), force=True)
+        f = fam("ovltrace_exporter_dropped_events_total", ["channel"])
+        out.add(f, ["flushes"], st.get("events_dropped", 0), force=True)
+        out.add(f, ["writeback_errors"], st.get("error_events_dropped", 0), force=True)
         f = fam("ovltrace_exporter_inode_cache_lookups_total", ["result"])
-        out.add(f, ["hit"], st.get("cache_hits", 0), force=True)
         out.add(f, ["miss"], st.get("cache_misses", 0), force=True)
         f = fam("ovltrace_exporter_attribution_failures_total", ["reason"])
         out.add(f, ["walk_too_deep"], st.get("walk_too_deep", 0), force=True)

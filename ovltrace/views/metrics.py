@@ -91,9 +91,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "ovltrace_exporter_hook_info": (
         "gauge", "Which kernel mechanism each hook uses (mechanism=\"none\": unavailable)."),
     "ovltrace_exporter_dropped_events_total": (
-        "counter", "Events the BPF programs could not hand to userspace (ring buffer full)."),
+        "counter", "Events the BPF programs could not hand to userspace (ring buffer full), "
+        "by channel (flushes; writeback_errors, whose counts stay exact)."),
     "ovltrace_exporter_inode_cache_lookups_total": (
-        "counter", "BPF inode->overlay cache lookups, by result."),
+        "counter", "BPF inode->overlay cache lookups that missed (a dentry walk followed)."),
     "ovltrace_exporter_attribution_failures_total": (
         "counter", "Upper inodes the BPF programs could not attribute, by reason."),
     "ovltrace_exporter_map_full_total": (
