@@ -36,6 +36,7 @@ BPF_HASH(sb_filter, u64, struct sb_val, 1024);               /* super_block * ->
  * several times more.  A collision only costs a walk. */
 struct icache_ent { u64 inode; u64 ino; u32 igen; u32 slot; u32 gen; u32 role; u32 epoch; u32 dev; u64 check; };
 BPF_ARRAY(icache, struct icache_ent, ICACHE_SIZE);           /* ICACHE_SIZE: a power of 2 */
+BPF_PERCPU_ARRAY(last_owner, struct icache_ent, 1);          /* this CPU's last answer */
 BPF_TABLE("lru_hash", u64, u64, copyup_seen, 16384);        /* temp inodes counted */
 BPF_TABLE("lru_hash", u64, struct dirty_val, dirty_inodes, DIRTY_SIZE);
 
@@ -115,10 +116,14 @@ struct owner { u32 slot; u32 gen; u32 role; u32 dev; u64 ino; u64 state; u64 map
 
 /* The inode members of the hot path lie close together: read them with
  * one helper call instead of four. */
-struct inode_span { u8 b[INODE_SPAN_LEN]; };
+struct inode_span { u64 w[INODE_SPAN_LEN / 8]; };     /* 8-byte aligned span */
+/* members are naturally aligned: one load of the right width each */
 #define SPAN_GET(dst, sp, M) do {                                              \
-	dst = 0;                                                                  \
-	__builtin_memcpy(&dst, &(sp).b[OFF_##M - INODE_SPAN_START], SZ_##M);      \
+	void *_p = (void *)(sp).w + (OFF_##M - INODE_SPAN_START);                 \
+	if (SZ_##M == 8) dst = *(u64 *)_p;                                        \
+	else if (SZ_##M == 4) dst = *(u32 *)_p;                                   \
+	else if (SZ_##M == 2) dst = *(u16 *)_p;                                   \
+	else dst = *(u8 *)_p;                                                     \
 } while (0)
 
 /* Which overlay (or which upper fs, outside any overlay) owns `inode`?
@@ -143,11 +148,20 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 
 	/* Hit: the inode struct is the key; its number and generation prove
 	 * it is still the same file, `check` that no other CPU was halfway
-	 * through rewriting the entry. */
+	 * through rewriting the entry.  One write() fires several events for
+	 * the same inode on the same CPU: a per-CPU copy of the last answer
+	 * (a hot cache line) saves the trip to the big array. */
 	u64 key = (u64)inode;
-	u32 idx = icache_index(key);
-	struct icache_ent *c = icache.lookup(&idx);
+	u32 zero = 0;
+	struct icache_ent *last = last_owner.lookup(&zero);
+	struct icache_ent *c = last;
+	if (!c || c->inode != key) {
+		u32 idx = icache_index(key);
+		c = icache.lookup(&idx);
+	}
 	if (c && c->inode == key && c->ino == ino && c->igen == igen && c->check == icache_check(c)) {
+		if (last && c != last)
+			*last = *c;
 		/* Not on a watched upper fs: valid until the set of watched
 		 * filesystems changes. */
 		if (c->role == ROLE_NONE && c->epoch == cur_epoch())
@@ -163,8 +177,14 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 		}
 	}
 
-	/* Miss.  Filter by superblock first: most inodes of other
-	 * filesystems leave here. */
+	/* Miss: answers go to the shared cache, not this CPU's copy. */
+	{
+		u32 idx = icache_index(key);
+		c = icache.lookup(&idx);
+	}
+
+	/* Filter by superblock first: most inodes of other filesystems
+	 * leave here. */
 	SPAN_GET(sb, sp, inode_i_sb);
 	if (!sb)
 		return 0;
