@@ -45,12 +45,12 @@ BPF_PERCPU_ARRAY(stats, struct ovl_stats, MAX_SLOTS);
 /* Bytes of folios just dirtied, waiting for the __mark_inode_dirty
  * (I_DIRTY_PAGES) that the kernel calls right after, on the same CPU, for
  * the same mapping: that hook resolves the owner, so the folio hook need
- * not.  A few entries per CPU, by mapping, so a preemption in between
- * rarely mixes two files up; bytes that never find their inode are
- * counted (CNT_FOLIO_UNMATCHED). */
-#define PENDING_WAYS 4
-struct pending_bytes { u64 mapping; u64 bytes; };
-BPF_PERCPU_ARRAY(folio_pending, struct pending_bytes, PENDING_WAYS);
+ * not.  Only the dirty-hook event that comes NEXT on this CPU may take
+ * them (dirty_seq): should the task migrate or be preempted in between,
+ * the bytes are counted as unmatched (CNT_FOLIO_UNMATCHED), never
+ * credited to another file that happens to reuse the mapping's memory. */
+struct pending_bytes { u64 mapping; u64 bytes; u64 seq; u64 dirty_seq; };
+BPF_PERCPU_ARRAY(folio_pending, struct pending_bytes, 1);
 BPF_PERCPU_ARRAY(counters, u64, CNT_NR);
 
 BPF_HASH(flushes, u32, struct flush_state, 4096);           /* tid -> flush */
@@ -300,11 +300,6 @@ static __always_inline void note_copy_up_temp(void *inode, struct owner *o,
 
 /* ---- dirtying ------------------------------------------------------------ */
 
-static __always_inline u32 pending_way(u64 mapping)
-{
-	return (mapping >> 6) & (PENDING_WAYS - 1);
-}
-
 static __always_inline void on_folio_dirty(void *folio, void *mapping)
 {
 	u64 bytes = K_PAGE_SIZE;
@@ -315,31 +310,39 @@ static __always_inline void on_folio_dirty(void *folio, void *mapping)
 	    (f.w[OFF_folio_flags / 8] & (1UL << K_PG_head)))
 		bytes = K_PAGE_SIZE << (f.w[OFF_folio__flags_1 / 8] & 0xff);
 #endif
-	u32 way = pending_way((u64)mapping);
-	struct pending_bytes *p = folio_pending.lookup(&way);
+	u32 zero = 0;
+	struct pending_bytes *p = folio_pending.lookup(&zero);
 	if (!p)
 		return;
-	if (p->mapping == (u64)mapping) {
+	int live = p->bytes && p->seq == p->dirty_seq;
+	if (live && p->mapping == (u64)mapping) {
 		p->bytes += bytes;
 		return;
 	}
-	if (p->bytes)
+	if (live)
 		count(CNT_FOLIO_UNMATCHED);
 	p->mapping = (u64)mapping;
 	p->bytes = bytes;
+	p->seq = p->dirty_seq;
 }
 
-/* Called from the inode dirty hook: the bytes of the folios that made
- * this I_DIRTY_PAGES call, if any. */
-static __always_inline u64 take_pending_bytes(u64 mapping)
+/* Called from every inode dirty event: the bytes of the folios that made
+ * this I_DIRTY_PAGES call, if any; any older pending bytes expire. */
+static __always_inline u64 take_pending_bytes(u64 mapping, u64 flags)
 {
-	u32 way = pending_way(mapping);
-	struct pending_bytes *p = folio_pending.lookup(&way);
-	if (!p || p->mapping != mapping)
+	u32 zero = 0;
+	struct pending_bytes *p = folio_pending.lookup(&zero);
+	if (!p)
 		return 0;
-	u64 bytes = p->bytes;
+	u64 bytes = 0;
+	if (p->bytes && p->seq == p->dirty_seq) {
+		if ((flags & K_I_DIRTY_PAGES) && mapping && p->mapping == mapping)
+			bytes = p->bytes;
+		else
+			count(CNT_FOLIO_UNMATCHED);
+	}
 	p->bytes = 0;
-	p->mapping = 0;
+	p->dirty_seq++;
 	return bytes;
 }
 
@@ -347,9 +350,7 @@ static __always_inline void on_inode_dirty(void *inode, u64 flags)
 {
 	struct owner o = {};
 	int ours = ovl_resolve(inode, &o);
-	u64 bytes = 0;
-	if ((flags & K_I_DIRTY_PAGES) && o.mapping)
-		bytes = take_pending_bytes(o.mapping);   /* always taken: keeps the table clean */
+	u64 bytes = take_pending_bytes(o.mapping, flags);
 	if (!ours)
 		return;
 	struct ovl_stats *s = slot_stats(o.slot);

@@ -28,7 +28,7 @@ COUNTER_FIELDS = ("inodes_dirtied", "bytes_dirtied", "bytes_written_back", "copy
                   "copy_ups_metadata_only", "copy_up_failures", "copy_up_ns", "sb_errseq_advances")
 
 
-@dataclass
+@dataclass(slots=True)
 class Counters:
     inodes_dirtied: int = 0
     bytes_dirtied: int = 0
@@ -232,6 +232,7 @@ class Model:
         self.self_stats: dict = {}
         self.now = t0
         self.max_samples = 4096     # per overlay; older ones are thinned
+        self.history = 900.0        # seconds of samples kept (plus each overlay's first)
         self.max_records = 20000    # flushes / errors kept (an error storm must not eat memory)
         self.trimmed = 0            # records dropped by that cap (exact counts live in counters)
         self.first_wb_error: dict[str, WbError] = {}   # kept past the cap: leak/loss logic
@@ -264,6 +265,10 @@ class Model:
                 s[-1] = (t, c)            # unchanged: move the last sample
             else:
                 s.append((t, c))
+            if len(s) > 2 and s[1][0] < t - self.history:
+                # windows reach back `history` at most, or to the start
+                i = bisect.bisect_left(s, t - self.history, key=lambda sample: sample[0])
+                del s[1:max(1, i - 1)]
             if len(s) > self.max_samples:
                 del s[1:len(s) // 2:2]    # keep the first, thin the old half
         if dirty_now is not None:

@@ -50,6 +50,8 @@ class Session:
         self.only = [os.path.realpath(p) for p in only] if only else None
         self.refresh_interval = refresh_interval
         self.retention = retention       # long-running views forget what ended before now - this
+        self.sample_interval = 0.5       # counters are read this often (views need no more)
+        self._last_sample = 0.0
         self.resolver = resolver or Resolver()
         self._limits = limits
         self._btf = btf
@@ -224,9 +226,11 @@ class Session:
                 self._expire()
                 if self.retention:
                     self.model.prune(self.now() - self.retention)
-            self.sample()
+            if time.monotonic() - self._last_sample >= self.sample_interval:
+                self.sample()
 
     def sample(self) -> None:
+        self._last_sample = time.monotonic()
         now = self.now()
         slots = list(self.watched)
         stats = self.probes.read_stats(slots)
