@@ -239,7 +239,9 @@ def record(output, duration, overlays, btf):
     from .session import Session
     writer = RecordingWriter(output)
     try:
-        with Stopper() as stopper, Session(btf=btf, only=list(overlays) or None) as session:
+        # the file keeps everything; the model in memory need not
+        with Stopper() as stopper, Session(btf=btf, only=list(overlays) or None,
+                                           retention=600.0) as session:
             session.sink = writer
             from .annotate import Annotator     # cgroup accounting, error inode paths
             annotator = Annotator(session)

@@ -94,7 +94,7 @@ class OverlayMeta:
         return self.container.name if self.container else self.mountpoint
 
 
-@dataclass
+@dataclass(slots=True)
 class Victim:
     key: str
     bytes_written_back: int
@@ -295,16 +295,18 @@ class Model:
         self._emit("error_returned", e)
         self._append(self.errors_returned, e)
 
-    def prune(self, before: float) -> None:
-        """Forget what ended before `before`: overlays gone by then, their
-        samples, old flushes and errors (long-running views call this)."""
+    def prune(self, before: float, records_before: float | None = None) -> None:
+        """Forget what ended before `before`: overlays gone by then and
+        their samples; flushes and errors that ended before `records_before`
+        (default: `before`).  Long-running views call this."""
         for key in [k for k, m in self.metas.items() if m.gone_at is not None and m.gone_at < before]:
             del self.metas[key]
             self.samples.pop(key, None)
             self.first_wb_error.pop(key, None)
-        self.flushes = [f for f in self.flushes if f.start + f.duration >= before]
-        self.wb_errors = [e for e in self.wb_errors if e.t >= before]
-        self.errors_returned = [e for e in self.errors_returned if e.t >= before]
+        rb = before if records_before is None else records_before
+        self.flushes = [f for f in self.flushes if f.start + f.duration >= rb]
+        self.wb_errors = [e for e in self.wb_errors if e.t >= rb]
+        self.errors_returned = [e for e in self.errors_returned if e.t >= rb]
         for key, s in self.samples.items():
             i = bisect.bisect_right(s, before, key=lambda sample: sample[0])
             if i > 1:

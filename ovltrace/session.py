@@ -22,6 +22,7 @@ from .probes import Limits, Probes, RawEvent, format_dev, parse_dev
 
 GONE_GRACE = 5.0        # keep a gone overlay's slot this long: its umount flush comes after
 DIRTY_MAX_AGE = 300.0   # an inode "dirty" longer than this was deleted while dirty
+RECORD_RETENTION = 300.0  # flushes/errors kept by long-running views (exporter, top)
 
 
 @dataclass
@@ -225,7 +226,10 @@ class Session:
                 self.refresh_mounts()
                 self._expire()
                 if self.retention:
-                    self.model.prune(self.now() - self.retention)
+                    # flushes (each with its victims) and errors are only
+                    # needed until views have consumed them
+                    self.model.prune(self.now() - self.retention,
+                                     self.now() - min(self.retention, RECORD_RETENTION))
             if time.monotonic() - self._last_sample >= self.sample_interval:
                 self.sample()
 

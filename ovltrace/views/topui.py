@@ -190,7 +190,8 @@ def run_live(delay: float, batch: bool, iterations: int | None, overlays: list[s
         Terminal.check()
     term = None if batch else Terminal()
     with Stopper() as stopper, Session(btf=btf, only=overlays or None,
-                                       refresh_interval=min(1.0, delay)) as session:
+                                       refresh_interval=min(1.0, delay),
+                                       retention=3600.0) as session:    # runs for hours
         frames = Frames(session.model)
         ui = Interactive(state, term, iterations) if term else None
         due = [0.0]
