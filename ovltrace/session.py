@@ -22,7 +22,7 @@ from .probes import Limits, Probes, RawEvent, format_dev, parse_dev
 
 GONE_GRACE = 5.0        # keep a gone overlay's slot this long: its umount flush comes after
 DIRTY_MAX_AGE = 300.0   # an inode "dirty" longer than this was deleted while dirty
-RECORD_RETENTION = 300.0  # flushes/errors kept by long-running views (exporter, top)
+RECORD_RETENTION = 120.0  # flushes/errors kept by long-running views: scrape more often than this
 
 
 @dataclass
