@@ -832,7 +832,7 @@ def run_exporter(listen: str, telemetry_path: str, config: ExporterConfig,
         # the model forgets what ended well after the series expired
         with BpfStatsSwitch(bpf_stats), Stopper() as stopper, \
                 Session(btf=btf, only=overlays or None,
-                        retention=config.gone_ttl + 600) as session:
+                        retention=config.gone_ttl + 60) as session:
             state["session"] = session
             collector = OverlayCollector(lambda: session.model, session.lock, config,
                                          bpf_programs=programs)
