@@ -32,7 +32,9 @@ def test_error_storm_keeps_counts_exact():
             ["bpftrace", "-e", f"tracepoint:filemap:filemap_set_wb_err /args->s_dev == {kdev}/ "
                                "{ @n = count(); }"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(4)                           # bpftrace attaches
+        line = bt.stdout.readline()             # "Attaching 1 probe..." once attached
+        assert "Attaching" in line, line + bt.stderr.read()
+        time.sleep(1)
         try:
             def work():
                 p = error_writer(bad, victim, total_mb=160, chunk_kb=64, hole_kb=4)
