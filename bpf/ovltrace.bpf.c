@@ -36,7 +36,6 @@ BPF_HASH(sb_filter, u64, struct sb_val, 1024);               /* super_block * ->
  * several times more.  A collision only costs a walk. */
 struct icache_ent { u64 inode; u64 ino; u32 igen; u32 slot; u32 gen; u32 role; u32 epoch; u32 dev; u64 check; };
 BPF_ARRAY(icache, struct icache_ent, ICACHE_SIZE);           /* ICACHE_SIZE: a power of 2 */
-BPF_PERCPU_ARRAY(last_owner, struct icache_ent, 1);          /* this CPU's last answer */
 BPF_TABLE("lru_hash", u64, u64, copyup_seen, 16384);        /* temp inodes counted */
 BPF_TABLE("lru_hash", u64, struct dirty_val, dirty_inodes, DIRTY_SIZE);
 
@@ -148,20 +147,11 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 
 	/* Hit: the inode struct is the key; its number and generation prove
 	 * it is still the same file, `check` that no other CPU was halfway
-	 * through rewriting the entry.  One write() fires several events for
-	 * the same inode on the same CPU: a per-CPU copy of the last answer
-	 * (a hot cache line) saves the trip to the big array. */
+	 * through rewriting the entry. */
 	u64 key = (u64)inode;
-	u32 zero = 0;
-	struct icache_ent *last = last_owner.lookup(&zero);
-	struct icache_ent *c = last;
-	if (!c || c->inode != key) {
-		u32 idx = icache_index(key);
-		c = icache.lookup(&idx);
-	}
+	u32 idx = icache_index(key);
+	struct icache_ent *c = icache.lookup(&idx);
 	if (c && c->inode == key && c->ino == ino && c->igen == igen && c->check == icache_check(c)) {
-		if (last && c != last)
-			*last = *c;
 		/* Not on a watched upper fs: valid until the set of watched
 		 * filesystems changes. */
 		if (c->role == ROLE_NONE && c->epoch == cur_epoch())
@@ -175,12 +165,6 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 			o->dev = c->dev;
 			return 1;
 		}
-	}
-
-	/* Miss: answers go to the shared cache, not this CPU's copy. */
-	{
-		u32 idx = icache_index(key);
-		c = icache.lookup(&idx);
 	}
 
 	/* Filter by superblock first: most inodes of other filesystems

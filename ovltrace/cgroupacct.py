@@ -17,19 +17,9 @@ from __future__ import annotations
 
 import os
 
+from .containers import cgroup2_root
+
 CGROUP_FS = "/sys/fs/cgroup"
-
-
-def _cgroup2_root() -> str | None:
-    try:
-        with open("/proc/mounts") as f:
-            found = [ln.split()[1] for ln in f if len(ln.split()) > 2 and ln.split()[2] == "cgroup2"]
-    except OSError:
-        return None
-    for preferred in (CGROUP_FS, CGROUP_FS + "/unified"):
-        if preferred in found:
-            return preferred
-    return found[0] if found else None
 
 
 def _read(path: str) -> str | None:
@@ -136,7 +126,7 @@ class CgroupAccounting:
     def __init__(self, proc: str = "/proc", max_pids: int = 20000):
         self.proc = proc
         self.max_pids = max_pids
-        self.cg2 = _cgroup2_root()
+        self.cg2 = cgroup2_root()
         self.cgroups: dict[str, dict[str, str]] = {}     # overlay key -> proc_cgroups()
         self.first: dict[str, dict] = {}
         self.last: dict[str, dict] = {}

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .mounts import Overlay
+from .mounts import Overlay, unescape
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,21 @@ def container_id_from_cgroup(path: str) -> tuple[str, str] | None:
                 return "containerd", m.group(1)
             return "unknown", m.group(1)
     return None
+
+
+def cgroup2_root() -> str | None:
+    """Where cgroup2 is mounted: /sys/fs/cgroup (unified) or
+    /sys/fs/cgroup/unified (hybrid); None without cgroup2."""
+    try:
+        with open("/proc/mounts") as f:
+            found = [unescape(p[1]) for p in (ln.split() for ln in f)
+                     if len(p) >= 3 and p[2] == "cgroup2"]
+    except OSError:
+        return None
+    for preferred in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        if preferred in found:
+            return preferred
+    return found[0] if found else None
 
 
 def cgroup_of_pid(pid: int, proc: str = "/proc") -> str:

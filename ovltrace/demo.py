@@ -94,7 +94,7 @@ def run_demo(n: int, duration: float, inject_errors: bool, fmt: str, btf: str | 
     from .annotate import Annotator
     from .cli import Stopper, say, trace_for
     from .session import Session
-    from .views.audit import build_report, render
+    from .views.audit import build_report, emit, render
 
     say(f"building {n} sandbox containers on a loop-mounted ext4"
         + (" (tmpfs-backed: writeback errors will happen)" if inject_errors else ""))
@@ -110,16 +110,7 @@ def run_demo(n: int, duration: float, inject_errors: bool, fmt: str, btf: str | 
             ann.finish()
         roles = ", ".join(f"{k}={v}" for k, v in setup.roles.items())
         say(f"workloads: {roles}")
-        text = render(build_report(model, model.snapshot(), ann.extras()), fmt)
-        if output:
-            try:
-                with open(output, "w") as f:
-                    f.write(text + "\n")
-            except OSError as e:
-                raise OvltraceError(f"cannot write {output}: {e.strerror}") from None
-            say(f"wrote {output}")
-        else:
-            print(text)
+        emit(render(build_report(model, model.snapshot(), ann.extras()), fmt), output)
         sys.stdout.flush()
     finally:
         say("tearing down the sandbox")

@@ -365,15 +365,11 @@ class Model:
             if caller and any(v.key != f.target and v.bytes_written_back for v in f.victims):
                 caller.stall_caused += f.duration
 
-        self._window = (start, t)
-        leaks, losses = self._errors(rows, wb_errors, returned + flushes_returned)
+        leaks, losses = self._errors(rows, wb_errors, returned + flushes_returned, start, t)
         return Snapshot(t, start, rows, fs_rows, flushes, wb_errors, returned + flushes_returned,
                         leaks, losses, self.metas, self.hooks, dict(self.self_stats))
 
-    def _in_window(self, t: float) -> bool:
-        return self._window[0] <= t <= self._window[1]
-
-    def _errors(self, rows, wb_errors, returned):
+    def _errors(self, rows, wb_errors, returned, start: float, t: float):
         """Leaks: an error handed to an overlay whose own inodes had none,
         while others on its upper fs had some.  Silent losses: overlays
         whose inodes failed writeback and who were never handed an error."""
@@ -381,7 +377,7 @@ class Model:
         for e in wb_errors:
             failed.setdefault(e.key, []).append(e)
         for key, e in self.first_wb_error.items():   # records trimmed in a storm
-            if key not in failed and self._in_window(e.t):
+            if key not in failed and start <= e.t <= t:
                 failed[key] = [e]
         leaks: list[Leak] = []
         seen: set = set()

@@ -361,15 +361,6 @@ class Probes:
         self.bpf["sb_filter"].clear()
         return ref
 
-    def unwatch_upper_fs(self, dev: int, slot: int) -> None:
-        t = self.bpf["upper_devs"]
-        try:
-            del t[ctypes.c_uint32(dev)]
-        except KeyError:
-            pass
-        self._free_slot(slot)
-        self.bpf["sb_filter"].clear()
-
     def watch_overlay(self, ovl_dev: int, upper_dev: int, upper_ino: int | None,
                       work_ino: int | None) -> tuple[int, int] | None:
         ref = self._alloc_slot()
@@ -698,17 +689,10 @@ def _percpu_zero(table):
 def _quiet_compile(BPF, src_file: str, cflags: list[str]):
     """Compile with bcc, keeping its compiler chatter off the terminal but
     returning the first real error line in the exception."""
-    import tempfile
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as err:
-        os.dup2(err.fileno(), 2)
-        try:
+    chatter: list[str] = []
+    try:
+        with _stderr_to(chatter):
             return BPF(src_file=src_file.encode(), cflags=cflags)
-        except Exception as e:
-            os.dup2(saved, 2)
-            err.seek(0)
-            lines = [l for l in err.read().decode(errors="replace").splitlines() if "error" in l]
-            raise Exception(lines[0] if lines else str(e)) from None
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    except Exception as e:
+        errors = [line for line in chatter if "error" in line]
+        raise Exception(errors[0] if errors else str(e)) from None

@@ -31,6 +31,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .containers import cgroup2_root
+from .mounts import parse_mountinfo
+
 MiB = 1024 * 1024
 _RESERVED = {"backing", "upper.img", "upper-fs", "lower"}
 _CGROUP_PARENT = "ovltrace-sandbox"
@@ -58,29 +61,10 @@ def _run(cmd: list[str], timeout: float = 60) -> str:
     return r.stdout
 
 
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field):
-        octal = field[i + 1:i + 4]
-        if field[i] == "\\" and len(octal) == 3 and octal.isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mountinfo() -> list[tuple[str, str, str]]:
     """(major:minor, mountpoint, fstype) for each line of /proc/self/mountinfo."""
-    rows = []
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            rows.append((fields[2], _unescape(fields[4]), right.split()[0]))
-    return rows
+        return [(m.dev, m.mountpoint, m.fstype) for m in parse_mountinfo(f.read())]
 
 
 def mounts_under(path: str) -> list[str]:
@@ -100,20 +84,6 @@ def syncfs_path(path: str) -> int:
         return -ctypes.get_errno()
     finally:
         os.close(fd)
-
-
-def cgroup2_root() -> str | None:
-    """Where cgroup2 is mounted: /sys/fs/cgroup (unified) or .../unified (hybrid)."""
-    found = []
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and parts[2] == "cgroup2":
-                found.append(_unescape(parts[1]))
-    for preferred in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
-        if preferred in found:
-            return preferred
-    return found[0] if found else None
 
 
 def cgroup_id(path: str) -> int:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from . import bpfdefs
-from .containers import Resolver, cgroup_of_pid
+from .containers import Resolver, cgroup2_root, cgroup_of_pid
 from .errors import OvltraceError
 from .model import (ContainerRef, Counters, ErrorReturned, Flush, Model, OverlayMeta,
                     Victim, WbError)
@@ -184,7 +184,7 @@ class Session:
         self.watched[slot] = w
         self.by_slotgen[(slot, gen)] = key
         self.upper[upper_dev] = w
-        self.model.add(OverlayMeta(key=key, kind="upperfs", mountpoint=_fs_mountpoint(ov),
+        self.model.add(OverlayMeta(key=key, kind="upperfs", mountpoint=ov.upper_mountpoint or "/",
                                    upper_dev=ov.upper_dev, fstype=ov.upper_fstype,
                                    first_seen=self.now()))
 
@@ -270,8 +270,8 @@ class Session:
         return d
 
     def _function_hook_stats(self) -> dict:
-        """What only function hooks measure (model.Counters has no place
-        for it yet): copy-up details per overlay, sb errseq moves per fs."""
+        """Function-hook figures by mountpoint and device, with the one
+        thing Counters cannot hold: the copy-up latency histogram."""
         copy_up, sb_err = {}, {}
         exact = any(h.name == "copy_up" and h.mechanism in ("fentry", "kprobe")
                     for h in self.probes.hooks())
@@ -333,13 +333,11 @@ class Session:
         for p in ready:
             ev = p.ev
             end_ns = ev.end_ns
-            if ev.kind == bpfdefs.FLUSH_UMOUNT and ev.flush_id in self.flush_done:
-                end_ns = self.flush_done.pop(ev.flush_id)   # exact: its sync_filesystem returned
-                self.probes.forget_flush(ev.flush_id, ev.tid)
-            elif ev.kind == bpfdefs.FLUSH_UMOUNT:
-                last = self.probes.flush_last(ev.flush_id)
-                if last:
-                    end_ns = max(end_ns, last)
+            if ev.kind == bpfdefs.FLUSH_UMOUNT:
+                if ev.flush_id in self.flush_done:
+                    end_ns = self.flush_done.pop(ev.flush_id)   # exact: sync_filesystem returned
+                else:
+                    end_ns = max(end_ns, self.probes.flush_last(ev.flush_id) or 0)
                 self.probes.forget_flush(ev.flush_id, ev.tid)
             f = self._flush(ev, p.target, end_ns, victims.get(ev.flush_id, {}))
             if f is not None:
@@ -410,7 +408,7 @@ class CgroupIds:
     bpf_get_current_cgroup_id returns) -> cgroup path."""
 
     def __init__(self):
-        self.root = _cgroup2_root()
+        self.root = cgroup2_root()
         self.paths: dict[int, str] = {}
         self._scanned = 0.0
 
@@ -426,24 +424,13 @@ class CgroupIds:
         paths = {}
         for dirpath, dirnames, _files in os.walk(self.root):
             try:
-                paths[os.stat(dirpath).st_ino] = "/" + os.path.relpath(dirpath, self.root).lstrip(".")
+                rel = os.path.relpath(dirpath, self.root)
+                paths[os.stat(dirpath).st_ino] = "/" if rel == "." else "/" + rel
             except OSError:
                 continue
             if len(paths) > 100000:
                 break
         self.paths = paths
-
-
-def _cgroup2_root() -> str | None:
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    return left.split()[4]
-    except OSError:
-        pass
-    return None
 
 
 def _ref(c) -> ContainerRef | None:
@@ -463,20 +450,3 @@ def _counters(s) -> Counters:
         dirty_calls_time=s.dirty_calls[3],
         copy_ups_metadata_only=s.copy_ups_meta, copy_up_failures=s.copy_up_failures,
         copy_up_ns=s.copy_up_ns, sb_errseq_advances=s.sb_err_advances)
-
-
-def _fs_mountpoint(ov: Overlay) -> str:
-    """Best guess at where the upper fs is mounted: the longest mountpoint
-    prefix of upperdir in /proc/self/mountinfo."""
-    best = "/"
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                parts = line.split()
-                mp = parts[4].replace("\\040", " ")
-                if parts[2] == ov.upper_dev and ov.upperdir and \
-                        (ov.upperdir == mp or ov.upperdir.startswith(mp.rstrip("/") + "/")) and len(mp) > len(best):
-                    best = mp
-    except OSError:
-        pass
-    return best

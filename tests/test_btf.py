@@ -1,5 +1,4 @@
 """The BTF reader against this kernel's real BTF, and against garbage."""
-import os
 import struct
 
 import pytest

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Trace, audit_json, by_mountpoint, sh, write_file
+from conftest import audit_json, by_mountpoint, sh, write_file
 from ovltrace.sandbox import Sandbox
 
 pytestmark = pytest.mark.live

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 
 import pytest
 
@@ -29,12 +28,13 @@ def test_error_storm_keeps_counts_exact():
         kdev = (major << 20) | minor
         # an independent count of the same kernel events
         bt = subprocess.Popen(
-            ["bpftrace", "-e", f"tracepoint:filemap:filemap_set_wb_err /args->s_dev == {kdev}/ "
+            ["bpftrace", "-e", 'BEGIN { printf("ready\\n"); } '
+                               f"tracepoint:filemap:filemap_set_wb_err /args->s_dev == {kdev}/ "
                                "{ @n = count(); }"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = bt.stdout.readline()             # "Attaching 1 probe..." once attached
-        assert "Attaching" in line, line + bt.stderr.read()
-        time.sleep(1)
+        # BEGIN runs once every probe is attached ("Attaching..." comes before)
+        lines = [bt.stdout.readline() for _ in range(2)]
+        assert "ready" in lines[-1], "".join(lines) + bt.stderr.read()
         try:
             def work():
                 p = error_writer(bad, victim, total_mb=160, chunk_kb=64, hole_kb=4)

@@ -468,12 +468,26 @@ def format_for(fmt: str | None, output: str | None) -> str:
     return {"html": "html", "htm": "html", "md": "markdown", "json": "json"}.get(ext, "table")
 
 
-def run_audit(duration, fmt, source, overlays, btf, output=None, fail_on=None) -> int:
-    """`ovltrace audit`: trace live (or replay --from), report, check gates."""
+def emit(text: str, output: str | None) -> None:
+    """A rendered report to stdout, or to the file -o named."""
     import click
 
-    from ..cli import Stopper, say, trace_for
+    from ..cli import say
     from ..errors import OvltraceError
+    if not output:
+        click.echo(text)
+        return
+    try:
+        with open(output, "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    except OSError as e:
+        raise OvltraceError(f"cannot write {output}: {e.strerror}") from None
+    say(f"wrote {output}")
+
+
+def run_audit(duration, fmt, source, overlays, btf, output=None, fail_on=None) -> int:
+    """`ovltrace audit`: trace live (or replay --from), report, check gates."""
+    from ..cli import Stopper, say, trace_for
     gates = parse_fail_on(fail_on)
     fmt = format_for(fmt, output)
     if source:
@@ -491,16 +505,7 @@ def run_audit(duration, fmt, source, overlays, btf, output=None, fail_on=None) -
             ann.finish()
         extras = ann.extras()
     rep = build_report(model, model.snapshot(), extras)
-    text = render(rep, fmt)
-    if output:
-        try:
-            with open(output, "w") as f:
-                f.write(text if text.endswith("\n") else text + "\n")
-        except OSError as e:
-            raise OvltraceError(f"cannot write {output}: {e.strerror}") from None
-        say(f"wrote {output}")
-    else:
-        click.echo(text)
+    emit(render(rep, fmt), output)
     code, why = check_gates(rep, gates)
     for line in why:
         say(f"fail-on {line}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import errno as errno_mod
-import os
 import threading
 import time
 from dataclasses import dataclass, field
