@@ -84,11 +84,12 @@ _SYNCFS_NEIGHBOUR = r"""
 fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)   # one fd: sees each new wb error once
 i = 0
 while alive():
-    try:
-        with open("neighbour-tick", "w") as f:
-            f.write(str(i))
-    except OSError:
-        pass                                         # a full or failing fs: keep flushing
+    if A["tick"]:
+        try:
+            with open("neighbour-tick", "w") as f:
+                f.write(str(i))
+        except OSError:
+            pass                                     # a full or failing fs: keep flushing
     libc.syncfs(fd)                                  # flushes the whole upper fs
     i += 1
     time.sleep(A["interval"])
@@ -174,9 +175,11 @@ def bulk_writer(sb: Sandbox, ov: SandboxOverlay, total_mb: int = 64, chunk_kb: i
 
 
 def syncfs_neighbour(sb: Sandbox, ov: SandboxOverlay, interval: float = 0.5,
-                     duration: float | None = None) -> subprocess.Popen:
-    """The noisy neighbour: a tiny write, then syncfs(2) of its overlay, in a loop."""
-    return _spawn(sb, ov, "syncfs-nbr", _SYNCFS_NEIGHBOUR, interval=interval, duration=duration)
+                     duration: float | None = None, tick: bool = True) -> subprocess.Popen:
+    """The noisy neighbour: a tiny write (tick=False: none), then syncfs(2)
+    of its overlay, in a loop."""
+    return _spawn(sb, ov, "syncfs-nbr", _SYNCFS_NEIGHBOUR, interval=interval, duration=duration,
+                  tick=tick)
 
 
 def copy_up(sb: Sandbox, ov: SandboxOverlay, relpath: str) -> subprocess.Popen:
