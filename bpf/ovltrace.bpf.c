@@ -564,7 +564,7 @@ static __always_inline void on_wb_error(void *mapping, s32 errno)
 		return;
 	struct ovl_stats *s = slot_stats(o.slot);
 	if (s)
-		s->wb_errors++;
+		s->writeback_errors++;
 	struct event *e = error_events.ringbuf_reserve(sizeof(struct event));
 	if (!e) {
 		count(CNT_ERROR_EVENTS_DROPPED);     /* the counters above stay exact */
@@ -902,7 +902,7 @@ static __always_inline void on_copy_up_return(s64 ret)
 		if (copied) {
 			s->copy_ups++;
 			if (!upper_has_data(after))
-				s->copy_ups_meta++;       /* metacopy: data stays below */
+				s->copy_ups_metadata_only++;       /* metacopy: data stays below */
 			else if (!(cs->flags & K_O_TRUNC))
 				s->copy_up_bytes += cs->size;   /* O_TRUNC copies no data */
 			u64 ns = bpf_ktime_get_ns() - cs->start_ns;
@@ -913,7 +913,7 @@ static __always_inline void on_copy_up_return(s64 ret)
 			for (int i = 1; i < COPYUP_LAT_SLOTS; i++)
 				if (us >> i)
 					b = i;
-			s->copy_up_lat[b & (COPYUP_LAT_SLOTS - 1)]++;
+			s->copy_up_latency[b & (COPYUP_LAT_SLOTS - 1)]++;
 		}
 	}
 	copyup_inflight.delete(&tid);
@@ -1017,7 +1017,7 @@ static __always_inline void on_sync_fs_return(void)
 				struct slot_ref *u = upper_devs.lookup(&dev);
 				struct ovl_stats *s = u ? slot_stats(u->slot) : 0;
 				if (s)
-					s->sb_err_advances++;
+					s->sb_errseq_advances++;
 			}
 		}
 	}

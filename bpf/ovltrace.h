@@ -41,16 +41,16 @@ struct ovl_stats {              /* per slot, per CPU */
 	u64 bytes_written_back;     /* pages written back x page size */
 	u64 copy_ups;               /* copy-ups (tracepoint path: temp files in workdir) */
 	u64 copy_up_bytes;
-	u64 wb_errors;              /* writeback errors on this slot's inodes */
+	u64 writeback_errors;              /* writeback errors on this slot's inodes */
 	u64 fsync_calls;            /* fsync + fdatasync on files of this overlay */
 	u64 syncfs_calls;           /* syncfs on this overlay */
 	u64 errors_returned;        /* syncfs/fsync/fdatasync that returned < 0 here */
 	/* function hooks only (zero on the tracepoint path) */
-	u64 copy_ups_meta;          /* metadata-only copy-ups (metacopy=on) */
+	u64 copy_ups_metadata_only;          /* metadata-only copy-ups (metacopy=on) */
 	u64 copy_up_failures;       /* ovl_copy_up_flags returned < 0 */
 	u64 copy_up_ns;             /* total time in copy-ups that copied */
-	u64 copy_up_lat[COPYUP_LAT_SLOTS];
-	u64 sb_err_advances;        /* upper fs slot: syncs during which s_wb_err moved */
+	u64 copy_up_latency[COPYUP_LAT_SLOTS];
+	u64 sb_errseq_advances;        /* upper fs slot: syncs during which s_wb_err moved */
 };
 
 struct dirty_val { u32 slot; u32 gen; u64 since_ns; u64 ino; };

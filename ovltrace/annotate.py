@@ -43,7 +43,7 @@ def resolve_inodes(root: str, inos: set[int], cap: int = WALK_CAP) -> dict[int, 
 def inode_paths(model: Model) -> dict[str, dict[int, str]]:
     """key -> {ino: path} for the inodes that had writeback errors."""
     wanted: dict[str, set[int]] = {}
-    for e in model.wb_errors:
+    for e in model.snapshot().wb_errors:
         wanted.setdefault(e.key, set()).add(e.ino)
     out = {}
     for key, inos in wanted.items():
@@ -103,7 +103,7 @@ class Annotator:
         self.accounting = self.cgroups.result()
         self.paths = inode_paths(self.session.model)
         if writer is not None:
-            write = getattr(writer, "write_record", None) or writer._write
+            write = writer.write_record
             write({"type": "cgroup_accounting", "t": round(self.session.model.now, 6),
                    "accounting": self.accounting})
             write({"type": "inode_paths",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from .containers import cgroup2_root
+from .containers import cgroup2_root, parse_proc_cgroup
 
 CGROUP_FS = "/sys/fs/cgroup"
 
@@ -41,17 +41,8 @@ def _kv(text: str) -> dict[str, int]:
 
 def proc_cgroups(pid: int, proc: str = "/proc") -> dict[str, str]:
     """{"v2": path, "memory": v1 path, "blkio": v1 path} for a pid."""
-    text = _read(f"{proc}/{pid}/cgroup") or ""
-    out = {}
-    for line in text.splitlines():
-        hier, _, rest = line.partition(":")
-        ctrls, _, path = rest.partition(":")
-        if hier == "0" and ctrls == "":
-            out["v2"] = path
-        for c in ctrls.split(","):
-            if c in ("memory", "blkio"):
-                out[c] = path
-    return out
+    cg = parse_proc_cgroup(_read(f"{proc}/{pid}/cgroup") or "")
+    return {k: v for k, v in cg.items() if k in ("v2", "memory", "blkio")}
 
 
 def read_v2(cg2: str | None, path: str, dev: str | None) -> dict:

@@ -1,28 +1,16 @@
-"""Command line: thin wrappers around the session, the model and the views."""
+"""Command line: parsing only.  Each command runs in ovltrace/commands/;
+nothing imports this module."""
 from __future__ import annotations
 
-import json
 import os
-import re
-import signal
 import sys
-import time
 
 import click
 
+from .commands.runtime import TraceOptions, say
 from .errors import OvltraceError
-
-DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-
-
-def parse_duration(text: str) -> float:
-    m = DURATION_RE.match(text or "")
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a duration (examples: 10s, 500ms, 2m, 1h)")
-    value = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-    if value <= 0:
-        raise click.BadParameter("the duration must be more than zero")
-    return value
+from .format import parse_duration
+from .views.metrics import DEFAULT_PORT
 
 
 class Duration(click.ParamType):
@@ -33,65 +21,8 @@ class Duration(click.ParamType):
             return float(value)
         try:
             return parse_duration(value)
-        except click.BadParameter as e:
-            self.fail(e.message, param, ctx)
-
-
-def say(msg: str) -> None:
-    print(f"ovltrace: {msg}", file=sys.stderr, flush=True)
-
-
-class Stopper:
-    """SIGINT/SIGTERM end a trace cleanly: the loop notices, prints its
-    result and detaches.  A second signal exits at once (the kernel drops
-    our programs with the process).  SIGHUP asks for a reload: mounts,
-    container state and cgroups are read again, tracing goes on."""
-
-    def __init__(self):
-        self.stopped = False
-        self.signum = None
-        self.reload = False
-
-    def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        self._old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hangup)
-        return self
-
-    def _handle(self, signum, _frame):
-        if self.stopped:
-            raise SystemExit(128 + signum)
-        self.stopped = True
-        self.signum = signum
-
-    def _hangup(self, _signum, _frame):
-        self.reload = True
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def trace_for(session, duration: float | None, stopper: Stopper, on_attached=None,
-              step=None) -> None:
-    """Attach, print the banner, run until the duration has passed or a
-    signal arrived."""
-    session.start()
-    hooks = session.probes.enabled_hooks()
-    n = sum(1 for w in session.watched.values() if w.ov is not None)
-    say(f"tracing {len(hooks)} hooks on {n} overlays"
-        + (f" for {duration:g}s" if duration else "") + "... Ctrl-C to end.")
-    if on_attached:
-        on_attached()
-    end = time.monotonic() + duration if duration else None
-    while not stopper.stopped and (end is None or time.monotonic() < end):
-        timeout = 0.1 if end is None else max(0.0, min(0.1, end - time.monotonic()))
-        session.step(timeout)
-        if stopper.reload:
-            stopper.reload = False
-            session.reload()
-            say("SIGHUP: reloaded mounts, container state and cgroups")
-        if step:
-            step()
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 EPILOG_MAIN = """\b
@@ -106,17 +37,22 @@ Examples:
 
 @click.group(epilog=EPILOG_MAIN, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ovltrace")
-@click.option("--hooks", type=click.Choice(["auto", "functions", "tracepoints"]), default=None,
+@click.option("--hooks", type=click.Choice(["auto", "functions", "tracepoints"]), default="auto",
               envvar="OVLTRACE_HOOKS",
               help="auto: per hook fentry, else kprobe, else tracepoint; functions: fail "
                    "unless function hooks attach; tracepoints: tracepoint path only "
                    "[env OVLTRACE_HOOKS; default auto]. Example: ovltrace --hooks "
                    "tracepoints audit")
-def cli(hooks):
+@click.pass_context
+def cli(ctx, hooks):
     """See which container dirties, flushes and breaks the overlayfs upper
     filesystem that all containers on a host share."""
-    if hooks:
-        os.environ["OVLTRACE_HOOKS"] = hooks     # read by probes.Probes
+    ctx.obj = hooks
+
+
+def options(ctx, btf=None, overlays=()) -> TraceOptions:
+    """The global --hooks with a command's --btf and --overlay."""
+    return TraceOptions(btf=btf, hooks=ctx.find_root().obj or "auto", overlays=tuple(overlays))
 
 
 btf_option = click.option("--btf", metavar="PATH", envvar="OVLTRACE_BTF",
@@ -133,10 +69,11 @@ Examples:
   ovltrace doctor --btf /tmp/vmlinux.btf
 """)
 @btf_option
-def doctor(btf):
+@click.pass_context
+def doctor(ctx, btf):
     """What this kernel allows, and which hook ovltrace uses for what."""
-    from .doctor import run_doctor
-    sys.exit(run_doctor(btf))
+    from .commands.doctor import run_doctor
+    sys.exit(run_doctor(options(ctx, btf)))
 
 
 @cli.command(epilog="""\b
@@ -149,32 +86,8 @@ Examples:
 @overlay_option
 def mounts(fmt, overlays):
     """List overlay mounts (all mount namespaces) with upper fs and container."""
-    from tabulate import tabulate
-
-    from .containers import Resolver
-    from .mounts import UnknownOverlayError, discover
-    from .views.common import short_name
-    try:
-        found = discover(only=list(overlays) or None)
-    except UnknownOverlayError as e:
-        raise OvltraceError(str(e)) from None
-    resolver = Resolver()
-    resolver.refresh()
-    items = []
-    for ov in found:
-        d = ov.to_json()
-        c = resolver.for_overlay(ov)
-        d["container"] = c.to_json() if c else None
-        items.append(d)
-    if fmt == "json":
-        click.echo(json.dumps(items, indent=2))
-        return
-    rows = [[(d["container"] or {}).get("name") or short_name(d["mountpoint"], 16),
-             d["mountpoint"] if len(d["mountpoint"]) <= 34 else "…" + d["mountpoint"][-33:],
-             f"{d['upper_dev'] or '-'} {d.get('upper_fstype') or ''}".strip(),
-             ",".join(d["options"]) or "-"] for d in items]
-    click.echo(tabulate(rows, headers=["NAME", "MOUNTPOINT", "UPPER FS", "OPTIONS"],
-                        tablefmt="simple", disable_numparse=True) if rows else "no overlay mounts")
+    from .commands.mounts import run_mounts
+    run_mounts(fmt, list(overlays))
 
 
 @cli.command(epilog="""\b
@@ -203,7 +116,8 @@ Exit status: 0 ok, 1 error, 2 bad usage; with --fail-on, the sum of
 @overlay_option
 @btf_option
 @ebpf_option
-def audit(duration, fmt, output, fail_on, source, overlays, btf, ebpf):
+@click.pass_context
+def audit(ctx, duration, fmt, output, fail_on, source, overlays, btf, ebpf):
     """Trace for a while, then report per container: dirtying, writeback,
     copy-ups, flushes (syncfs, sync, umount) and whose data they wrote back,
     writeback errors, error leaks and silent data loss; findings with advice,
@@ -211,13 +125,16 @@ def audit(duration, fmt, output, fail_on, source, overlays, btf, ebpf):
     if ebpf:
         print_ebpf(btf)
         return
-    from .views.audit import run_audit
-    sys.exit(run_audit(duration, fmt, source, overlays, btf, output, fail_on))
+    from .commands.audit import run_audit
+    sys.exit(run_audit(options(ctx, btf, overlays), duration, fmt, source, output, fail_on))
 
 
 def _check_fail_on(value):
-    from .views.audit import parse_fail_on
-    parse_fail_on(value)          # raises click.BadParameter (exit 2)
+    from .report.gates import GateError, parse_fail_on
+    try:
+        parse_fail_on(value)
+    except GateError as e:
+        raise click.BadParameter(str(e)) from None      # exit 2
     return value
 
 
@@ -232,25 +149,12 @@ Examples:
               help="How long to record [default: until Ctrl-C].")
 @overlay_option
 @btf_option
-def record(output, duration, overlays, btf):
+@click.pass_context
+def record(ctx, output, duration, overlays, btf):
     """Record what the probes see to a file, for 'audit --from' and
     'top --replay' on any host (no root or BPF needed there)."""
-    from .recording import RecordingWriter
-    from .session import Session
-    writer = RecordingWriter(output)
-    try:
-        # the file keeps everything; the model in memory need not
-        with Stopper() as stopper, Session(btf=btf, only=list(overlays) or None,
-                                           retention=600.0) as session:
-            session.sink = writer
-            from .annotate import Annotator     # cgroup accounting, error inode paths
-            annotator = Annotator(session)
-            trace_for(session, duration, stopper, step=annotator.step)
-            session.finish()
-            annotator.finish(writer)
-    finally:
-        writer.close()
-    say(f"wrote {output}")
+    from .commands.audit import run_record
+    sys.exit(run_record(options(ctx, btf, overlays), output, duration))
 
 
 @cli.command(epilog="""\b
@@ -266,12 +170,14 @@ Examples:
               default=None, help="Report format [default: table, or from -o's extension].")
 @click.option("-o", "--output", metavar="FILE", help="Write the report to FILE.")
 @btf_option
-def demo(containers, duration, inject_errors, fmt, output, btf):
+@click.pass_context
+def demo(ctx, containers, duration, inject_errors, fmt, output, btf):
     """Build sandbox containers (overlays on a loop-mounted ext4), run a mix
     of writers, a syncfs-calling neighbour and a copy-up, and audit them."""
-    from .demo import run_demo
-    from .views.audit import format_for
-    sys.exit(run_demo(containers, duration, inject_errors, format_for(fmt, output), btf, output))
+    from .commands.demo import run_demo
+    from .report import format_for
+    sys.exit(run_demo(options(ctx, btf), containers, duration, inject_errors,
+                      format_for(fmt, output), output))
 
 
 @cli.command(epilog="""\b
@@ -296,14 +202,15 @@ x interference, e errors, Enter detail, ? help, q quit.
 @overlay_option
 @btf_option
 @ebpf_option
-def top(delay, batch, iterations, replay, sort, overlays, btf, ebpf):
+@click.pass_context
+def top(ctx, delay, batch, iterations, replay, sort, overlays, btf, ebpf):
     """Live per-container view of the shared upper filesystem: who dirties
     it, whose syncfs stalls whom, who got someone else's EIO."""
     if ebpf:
         print_ebpf(btf)
         return
-    from .views.topui import run_top
-    run_top(delay, batch, iterations, replay, list(overlays), btf, sort.lower())
+    from .commands.top import run_top
+    run_top(options(ctx, btf, overlays), delay, batch, iterations, replay, sort.lower())
 
 
 @cli.command(epilog="""\b
@@ -314,8 +221,9 @@ Examples:
   ovltrace exporter --bpf-stats                 # + BPF cost per event
   curl -s localhost:19435/metrics | grep ^ovltrace_overlay_dirtied
 """)
-@click.option("--web.listen-address", "listen", default="localhost:19435", show_default=True,
-              metavar="HOST:PORT", help="Where to serve (':19435' = all interfaces).")
+@click.option("--web.listen-address", "listen", default=f"localhost:{DEFAULT_PORT}",
+              show_default=True, metavar="HOST:PORT",
+              help=f"Where to serve (':{DEFAULT_PORT}' = all interfaces).")
 @click.option("--web.telemetry-path", "telemetry_path", default="/metrics", show_default=True,
               metavar="PATH", help="Path of the metrics page.")
 @click.option("--labels", default="container,container_id,pod,namespace,runtime,mountpoint,device",
@@ -337,17 +245,19 @@ Examples:
               help="Stop after this long [default: until Ctrl-C].")
 @overlay_option
 @btf_option
-def exporter(listen, telemetry_path, labels, top_n, pair_limit, series_limit, rank_interval,
+@click.pass_context
+def exporter(ctx, listen, telemetry_path, labels, top_n, pair_limit, series_limit, rank_interval,
              gone_ttl, bpf_stats, duration, overlays, btf):
     """Serve Prometheus metrics: per-container dirtying, writeback, flush
     interference, error leaks and silent losses, plus the exporter's cost."""
-    from .views.exporter import ExporterConfig, run_exporter
+    from .commands.exporter import run_exporter
+    from .views.exporter import ExporterConfig
     try:
         config = ExporterConfig(tuple(l.strip() for l in labels.split(",") if l.strip()),
                                 top_n, pair_limit, series_limit, rank_interval, max(10.0, gone_ttl))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--labels") from None
-    sys.exit(run_exporter(listen, telemetry_path, config, list(overlays) or None, btf, bpf_stats,
+    sys.exit(run_exporter(options(ctx, btf, overlays), listen, telemetry_path, config, bpf_stats,
                           duration))
 
 

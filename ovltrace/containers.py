@@ -13,27 +13,11 @@ import glob
 import json
 import os
 import re
-from dataclasses import dataclass
+import time
 from typing import Any, Callable
 
+from .model import Container
 from .mounts import Overlay, unescape
-
-
-@dataclass(frozen=True)
-class Container:
-    runtime: str                  # "docker" | "podman" | "containerd" | "cri-o"
-    id: str
-    name: str
-    pod: str | None = None
-    namespace: str | None = None
-
-    def to_json(self) -> dict:
-        d: dict[str, Any] = {"runtime": self.runtime, "id": self.id, "name": self.name}
-        if self.pod is not None:
-            d["pod"] = self.pod
-        if self.namespace is not None:
-            d["namespace"] = self.namespace
-        return d
 
 
 # ---------------------------------------------------------------- cgroups
@@ -92,25 +76,60 @@ def cgroup2_root() -> str | None:
     return found[0] if found else None
 
 
-def cgroup_of_pid(pid: int, proc: str = "/proc") -> str:
-    """The pid's cgroup v2 ("0::") path; on hybrid hosts where that is "/"
-    the name=systemd, then memory, v1 path. Raises OSError if the pid is gone."""
-    with open(f"{proc}/{pid}/cgroup") as f:
-        text = f.read()
-    v2 = systemd = memory = None
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    """/proc/<pid>/cgroup -> {"v2": path, <v1 controller or name=...>: path}."""
+    out: dict[str, str] = {}
     for line in text.splitlines():
         hier, _, rest = line.partition(":")
         ctrls, _, path = rest.partition(":")
         if hier == "0" and ctrls == "":
-            v2 = path
-        elif "name=systemd" in ctrls.split(","):
-            systemd = path
-        elif "memory" in ctrls.split(","):
-            memory = path
-    for p in (v2, systemd, memory):
+            out["v2"] = path
+        for c in ctrls.split(","):
+            if c:
+                out.setdefault(c, path)
+    return out
+
+
+def cgroup_of_pid(pid: int, proc: str = "/proc") -> str:
+    """The pid's cgroup v2 ("0::") path; on hybrid hosts where that is "/"
+    the name=systemd, then memory, v1 path. Raises OSError if the pid is gone."""
+    with open(f"{proc}/{pid}/cgroup") as f:
+        cg = parse_proc_cgroup(f.read())
+    found = [cg.get(k) for k in ("v2", "name=systemd", "memory")]
+    for p in found:
         if p and p != "/":
             return p
-    return v2 or systemd or memory or "/"
+    return next((p for p in found if p), "/")
+
+
+class CgroupIds:
+    """cgroup v2 id (the inode number of its directory, what
+    bpf_get_current_cgroup_id returns) -> cgroup path."""
+
+    def __init__(self):
+        self.root = cgroup2_root()
+        self.paths: dict[int, str] = {}
+        self._scanned = 0.0
+
+    def path(self, cgroup_id: int) -> str | None:
+        if self.root is None:
+            return None
+        if cgroup_id not in self.paths and time.monotonic() - self._scanned > 1.0:
+            self._scan()
+        return self.paths.get(cgroup_id)
+
+    def _scan(self) -> None:
+        self._scanned = time.monotonic()
+        paths = {}
+        for dirpath, _dirnames, _files in os.walk(self.root):
+            try:
+                rel = os.path.relpath(dirpath, self.root)
+                paths[os.stat(dirpath).st_ino] = "/" if rel == "." else "/" + rel
+            except OSError:
+                continue
+            if len(paths) > 100000:
+                break
+        self.paths = paths
 
 
 # ---------------------------------------------------------------- resolver

@@ -12,7 +12,6 @@ Everything is torn down at the end, also on Ctrl-C.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 from . import workloads
@@ -90,32 +89,3 @@ def start_workload(setup: DemoSetup, inject_errors: bool = False,
             role = "small-writer"
             workloads.small_writer(sb, ov, files=40, interval=0.05, duration=duration)
         setup.roles[ov.name] = role
-
-
-def run_demo(n: int, duration: float, inject_errors: bool, fmt: str, btf: str | None,
-             output: str | None = None) -> int:
-    from .annotate import Annotator
-    from .cli import Stopper, say, trace_for
-    from .session import Session
-    from .views.audit import build_report, emit, render
-
-    say(f"building {n} sandbox containers on a loop-mounted ext4"
-        + (" (tmpfs-backed: writeback errors will happen)" if inject_errors else ""))
-    setup = build(n, inject_errors)
-    try:
-        for ov in setup.overlays:
-            say(f"  {ov.name:<10} {ov.mountpoint}")
-        with Stopper() as stopper, Session(btf=btf, only=setup.mountpoints) as session:
-            ann = Annotator(session)          # cgroup accounting, error inode paths
-            trace_for(session, duration, stopper, step=ann.step,
-                      on_attached=lambda: start_workload(setup, inject_errors, duration))
-            model = session.finish()
-            ann.finish()
-        roles = ", ".join(f"{k}={v}" for k, v in setup.roles.items())
-        say(f"workloads: {roles}")
-        emit(render(build_report(model, model.snapshot(), ann.extras()), fmt), output)
-        sys.stdout.flush()
-    finally:
-        say("tearing down the sandbox")
-        setup.sandbox.close()
-    return 0

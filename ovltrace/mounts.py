@@ -59,6 +59,7 @@ class Overlay:
     # every mountpoint this superblock has in any namespace, for --overlay matching
     mountpoints: tuple[str, ...] = field(default=(), compare=False, repr=False)
     upper_mountpoint: str | None = None   # where the upper fs is mounted (same namespace)
+    upper_source: str | None = None       # its mount source ("/dev/loop1"): node_exporter's device
 
     @property
     def key(self) -> str:
@@ -313,6 +314,7 @@ def _build(c: _Candidate, mountpoints: tuple[str, ...], proc: str,
         upper_dev=host.dev if host else None,
         upper_fstype=host.fstype if host else None,
         upper_mountpoint=host.mountpoint if host else None,
+        upper_source=host.source if host else None,
         upper_ino=_ino(upper, prefix), work_ino=_ino(work, prefix),
         options=tuple(f for f in _FLAG_ORDER if f in flags),
         pid=c.pid, mountpoints=mountpoints,

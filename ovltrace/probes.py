@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import bpfdefs
+from .counters import COUNTERS, Counters
 from .errors import OvltraceError
 from .kernel.btf import BTF, BTFError
 from .kernel.headers import HeaderError, build_tree, remove_tree
@@ -24,6 +25,17 @@ from .kernel.layout import FUNCTIONS, HOOKS, Layout, generate, programs
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 TRACEFS = "/sys/kernel/tracing"
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
+
+
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def bpf_stats_enabled() -> bool:
+    try:
+        with open(BPF_STATS) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
 
 
 def kdev(major: int, minor: int) -> int:
@@ -52,7 +64,7 @@ def ensure_tracefs(path: str = TRACEFS) -> None:
 
 
 def load_btf(path: str | None = None) -> BTF:
-    path = path or os.environ.get("OVLTRACE_BTF") or DEFAULT_BTF
+    path = path or DEFAULT_BTF
     if not os.path.exists(path):
         raise OvltraceError(f"BTF not found at {path}: this kernel needs CONFIG_DEBUG_INFO_BTF "
                             "(or point --btf at a BTF file)")
@@ -93,7 +105,7 @@ class Limits:
                 f"-DUMOUNT_TAIL_NS={self.umount_tail_ms * 1_000_000}ULL"]
 
 
-# How hooks are chosen (--hooks / OVLTRACE_HOOKS):
+# How hooks are chosen (--hooks, or OVLTRACE_HOOKS in the environment):
 #   auto         per hook: fentry/fexit, else kprobe/kretprobe, else tracepoint
 #   functions    the same, but fail unless every function hook got a function
 #   tracepoints  the tracepoint path only (for comparison)
@@ -103,10 +115,9 @@ FUNCTION_MECHANISMS = ("fentry", "kprobe")
 
 
 def hook_mode(mode: str | None = None) -> str:
-    mode = (mode or os.environ.get("OVLTRACE_HOOKS") or "auto").strip().lower()
+    mode = (mode or "auto").strip().lower()
     if mode not in HOOK_MODES:
-        raise OvltraceError(f"unknown hook mode {mode!r} (OVLTRACE_HOOKS / --hooks: "
-                            f"{', '.join(HOOK_MODES)})")
+        raise OvltraceError(f"unknown hook mode {mode!r} (--hooks: {', '.join(HOOK_MODES)})")
     return mode
 
 
@@ -195,25 +206,6 @@ class RawEvent:
     sb_err_advanced: int = 0       # s_wb_err moved during the flush
 
 
-@dataclass
-class SlotStats:
-    dirty_calls: list[int] = field(default_factory=lambda: [0] * 4)
-    inodes_dirtied: int = 0
-    bytes_dirtied: int = 0
-    bytes_written_back: int = 0
-    copy_ups: int = 0
-    copy_up_bytes: int = 0
-    wb_errors: int = 0
-    fsync_calls: int = 0
-    syncfs_calls: int = 0
-    errors_returned: int = 0
-    copy_ups_meta: int = 0
-    copy_up_failures: int = 0
-    copy_up_ns: int = 0
-    copy_up_lat: list[int] = field(default_factory=lambda: [0] * bpfdefs.COPYUP_LAT_SLOTS)
-    sb_err_advances: int = 0
-
-
 class Probes:
     def __init__(self, btf_path: str | None = None, limits: Limits | None = None,
                  only_hooks: list[str] | None = None, mode: str | None = None):
@@ -281,18 +273,22 @@ class Probes:
         try:
             with open(os.path.join(tree, "kernel_layout.h"), "w") as f:
                 f.write(self.layout.header)
-            os.environ["BCC_KERNEL_SOURCE"] = tree
             try:
                 from bcc import BPF  # imported late: slow, and not needed for replay
             except ImportError:
                 raise OvltraceError("the bcc Python module is missing (install python3-bpfcc)") from None
             try:
-                self.bpf = _quiet_compile(_manual_bpf(BPF), str(BPF_DIR / "ovltrace.bpf.c"),
-                                          self.cflags(tree))
+                # bcc reads the header tree's place from its environment, at
+                # compile time only: set for the compile, then put back
+                with _env("BCC_KERNEL_SOURCE", tree):
+                    self.bpf = _quiet_compile(_manual_bpf(BPF), str(BPF_DIR / "ovltrace.bpf.c"),
+                                              self.cflags(tree))
             except Exception as e:  # bcc raises bare Exception
                 raise OvltraceError(f"BPF program failed to load: {str(e).splitlines()[0]}") from None
         finally:
             remove_tree(tree)
+        stats = self.bpf["stats"]
+        check_stats_layout(getattr(stats, "sLeaf", stats.Leaf))   # per-CPU: one CPU's struct
         try:
             self._set_epoch()
             attacher = Attacher(self.bpf, self.layout, self)
@@ -392,26 +388,28 @@ class Probes:
         self._free_slot(slot)
 
     # -- reading -------------------------------------------------------------
-    def read_stats(self, slots: list[int]) -> dict[int, SlotStats]:
+    def read_stats(self, slots: list[int]) -> dict[int, Counters]:
+        """Each slot's counters, summed over CPUs, by the counter schema."""
         table = self.bpf["stats"]
         out = {}
         for slot in slots:
             per_cpu = table.getvalue(ctypes.c_int(slot))
-            s = SlotStats()
-            for v in per_cpu:
-                for i in range(4):
-                    s.dirty_calls[i] += v.dirty_calls[i]
-                for i in range(bpfdefs.COPYUP_LAT_SLOTS):
-                    s.copy_up_lat[i] += v.copy_up_lat[i]
-                for name in bpfdefs.STAT_FIELDS:
-                    setattr(s, name, getattr(s, name) + getattr(v, name))
-            out[slot] = s
+            values = []
+            for d in COUNTERS:
+                cols = [getattr(v, d.member) for v in per_cpu]
+                if d.length:
+                    values.append(tuple(sum(c[i] for c in cols) for i in range(d.length)))
+                elif d.index is not None:
+                    values.append(sum(c[d.index] for c in cols))
+                else:
+                    values.append(sum(cols))
+            out[slot] = Counters(*values)
         return out
 
     def read_counters(self) -> dict[str, int]:
         table = self.bpf["counters"]
         out = {}
-        for i, name in enumerate(bpfdefs.COUNTERS):
+        for i, name in enumerate(bpfdefs.HEALTH_COUNTERS):
             out[name] = sum(table.getvalue(ctypes.c_int(i)))
         return out
 
@@ -469,6 +467,29 @@ class Probes:
             except KeyError:
                 pass
 
+    def program_stats(self) -> tuple[bool, dict[str, tuple[int, int]]]:
+        """Whether kernel.bpf_stats_enabled is on, and {program: (run_time_ns,
+        run_cnt)} from our own program fds' fdinfo (the kernel counts only
+        while the sysctl is on; never another process's programs)."""
+        out = {}
+        for name, fn in (self.bpf.funcs.items() if self.bpf is not None else ()):
+            fd = getattr(fn, "fd", None)
+            if not isinstance(fd, int) or fd < 0:
+                continue
+            ns = cnt = 0
+            try:
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    for line in f:
+                        k, _, v = line.partition(":")
+                        if k == "run_time_ns":
+                            ns = int(v)
+                        elif k == "run_cnt":
+                            cnt = int(v)
+            except (OSError, ValueError):
+                continue
+            out[name.decode() if isinstance(name, bytes) else str(name)] = (ns, cnt)
+        return bpf_stats_enabled(), out
+
     def map_fill(self) -> dict[str, tuple[int, int]]:
         """(entries, capacity) of the maps that can fill up."""
         out = {}
@@ -489,6 +510,37 @@ class Probes:
             e.ino, e.flush_id, e.cgroup_id, bytes(e.comm).split(b"\0")[0].decode(errors="replace"),
             bytes(e.path).split(b"\0")[0].decode(errors="replace"),
             e.synced_dev, e.sb_errseq, e.sb_err_advanced))
+
+
+def check_stats_layout(leaf) -> None:
+    """The compiled struct ovl_stats (bpf/ovltrace.h) must hold exactly the
+    members counters.COUNTERS reads (by name, so order is free): a C change
+    not made in the schema (or the reverse) stops here, not in a wrong number."""
+    want: list[tuple[str, int]] = []
+    for d in COUNTERS:
+        n = d.length or (d.index + 1 if d.index is not None else 0)
+        if want and want[-1][0] == d.member:
+            want[-1] = (d.member, max(want[-1][1], n))
+        else:
+            want.append((d.member, n))
+    have = sorted((name, getattr(t, "_length_", 0)) for name, t in leaf._fields_)
+    want.sort()
+    if have != want:
+        raise OvltraceError("struct ovl_stats in bpf/ovltrace.h and ovltrace/counters.py "
+                            f"disagree: C has {have}, the schema {want}")
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def _manual_bpf(BPF):
@@ -518,17 +570,19 @@ def _stderr_to(buf: list):
                        if l.strip())
 
 
-def kallsyms(names) -> dict[str, str | None]:
-    """name -> its module ("" for vmlinux), or None when not a symbol."""
-    out: dict[str, str | None] = {n: None for n in names}
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] in out and out[parts[2]] is None:
-                    out[parts[2]] = parts[3].strip("[]") if len(parts) > 3 else ""
-    except OSError:
-        pass
+def symbol_modules(names) -> dict[str, str | None]:
+    """name -> its module ("" for vmlinux), or None when the kernel has no
+    such symbol (bcc's kernel symbol cache)."""
+    from bcc import BPF
+    out: dict[str, str | None] = {}
+    for n in names:
+        addr = BPF.ksymname(n)
+        if addr == -1:
+            out[n] = None
+            continue
+        sym = BPF.ksym(addr, show_module=True).decode(errors="replace")
+        mod = sym.rpartition(" [")[2].rstrip("]") if " [" in sym else ""
+        out[n] = "" if mod == "kernel" else mod
     return out
 
 
@@ -541,13 +595,11 @@ def kprobes_available(tracefs: str = TRACEFS) -> str | None:
 
 
 def fentry_available() -> str | None:
-    import platform
-    if platform.machine() != "x86_64":
-        return f"bcc 0.26 has BPF trampolines only on x86_64, not {platform.machine()}"
-    if not os.path.exists(DEFAULT_BTF):
-        return "no kernel BTF"
-    if kallsyms(["bpf_trampoline_link_prog"])["bpf_trampoline_link_prog"] is None:
-        return "kernel has no BPF trampolines (CONFIG_BPF_JIT/DEBUG_INFO_BTF?)"
+    """None if bcc can attach fentry/fexit here (loading may still be refused)."""
+    from bcc import BPF
+    if not BPF.support_kfunc():
+        return ("no BPF trampolines (bcc's support_kfunc: x86_64, kernel BTF and "
+                "bpf_trampoline_link_prog needed)")
     return None
 
 
@@ -559,7 +611,7 @@ class Attacher:
         self.bpf = bpf
         self.layout = layout
         self.probes = probes
-        self.syms = kallsyms([f["function"] for f in FUNCTIONS.values()])
+        self.syms = symbol_modules([f["function"] for f in FUNCTIONS.values()])
         self._kprobes = kprobes_available()
         self._fentry = fentry_available()
         self.mechanism: dict[str, str] = {}
@@ -615,7 +667,7 @@ class Attacher:
             raise AttachError("not tried (--hooks tracepoints)")
         module = self.syms.get(fn)
         if module is None:
-            raise AttachError(f"{fn} is not in /proc/kallsyms (inlined, renamed or absent)")
+            raise AttachError(f"{fn} is not a kernel symbol (kallsyms: inlined, renamed or absent)")
         gate = hook == "copy_up" and self.probes is not None
         if gate:     # the estimate goes quiet first: never counted twice
             self.probes.set_config(bpfdefs.CFG_FN_COPY_UP, 1)

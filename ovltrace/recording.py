@@ -9,7 +9,8 @@ File: optional gzip; line 1 is a header, then one record per line:
    "started": <unix time of session t=0>}
   {"type": "overlay", "meta": {...}}
   {"type": "gone", "key": k, "t": s}
-  {"type": "counters", "t": s, "values": {key: [COUNTER_FIELDS...]}, "dirty_now": {key: n}}
+  {"type": "counters", "t": s, "values": {key: [counters.COUNTER_FIELDS...]},
+   "dirty_now": {key: n}}        (positional, append-only: older files have fewer)
   {"type": "flush", ...Flush}  {"type": "wb_error", ...}  {"type": "error_returned", ...}
   {"type": "self", "t": s, "stats": {...}}  {"type": "hooks", "hooks": [...]}
   {"type": "cgroup_accounting", ...}  {"type": "inode_paths", ...}   (ovltrace/annotate.py)
@@ -28,8 +29,9 @@ import time
 from typing import IO, Iterator
 
 from .errors import OvltraceError
-from .model import (COUNTER_FIELDS, ContainerRef, Counters, ErrorReturned, Flush, Model,
-                    Victim, WbError, meta_from_dict, meta_to_dict)
+from .counters import Counters
+from .model import (Container, ErrorReturned, Flush, Model, Victim, WbError, meta_from_dict,
+                    meta_to_dict)
 
 FORMAT = "ovltrace-recording"
 VERSION = 1
@@ -66,7 +68,7 @@ class RecordingWriter:
             t, values, dirty = payload
             self.last_t = t
             self._write({"type": "counters", "t": round(t, 6),
-                         "values": {k: [getattr(c, f) for f in COUNTER_FIELDS] for k, c in values.items()},
+                         "values": {k: c.values() for k, c in values.items()},
                          "dirty_now": dirty})
         elif kind in ("flush", "wb_error", "error_returned"):
             self._write({"type": kind, **dataclasses.asdict(payload)})
@@ -143,13 +145,13 @@ def apply(model: Model, rec: dict, name: str = "recording") -> None:
         elif kind == "gone":
             model.gone(rec["key"], float(rec["t"]))
         elif kind == "counters":
-            values = {k: Counters(*v) for k, v in rec["values"].items()}
+            values = {k: Counters.from_values(v) for k, v in rec["values"].items()}
             model.counters(float(rec["t"]), values, rec.get("dirty_now"))
         elif kind == "flush":
             d = {k: v for k, v in rec.items() if not k.startswith("_") and k != "type"}
             d["victims"] = [Victim(**v) for v in d.get("victims", [])]
             c = d.get("caller_container")
-            d["caller_container"] = ContainerRef(**c) if c else None
+            d["caller_container"] = Container(**c) if c else None
             model.flush(Flush(**d))
         elif kind == "wb_error":
             model.wb_error(WbError(**{k: v for k, v in rec.items() if k in ("t", "key", "ino", "errno")}))
@@ -165,16 +167,3 @@ def apply(model: Model, rec: dict, name: str = "recording") -> None:
         # unknown record types from newer minor versions are skipped
     except (KeyError, TypeError, ValueError) as e:
         raise OvltraceError(f"{name}: line {rec.get('_line', '?')}: bad {kind} record ({e})") from None
-
-
-def load(path: str) -> tuple[dict, Model]:
-    """Replay a whole recording into a new model."""
-    header, records = read_records(path)
-    model = Model(0.0)
-    name = os.path.basename(path)
-    saw_end = False
-    for rec in records:
-        apply(model, rec, name)
-        saw_end = saw_end or rec["type"] == "end"
-    header["complete"] = saw_end
-    return header, model

@@ -86,11 +86,6 @@ def syncfs_path(path: str) -> int:
         os.close(fd)
 
 
-def cgroup_id(path: str) -> int:
-    """cgroup2 id as BPF sees it (bpf_get_current_cgroup_id): the dir's inode number."""
-    return os.stat(path).st_ino
-
-
 class Sandbox:
     """A loop-backed upper filesystem plus overlay "containers" on top of it."""
 

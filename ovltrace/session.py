@@ -13,10 +13,9 @@ import time
 from dataclasses import dataclass
 
 from . import bpfdefs
-from .containers import Resolver, cgroup2_root, cgroup_of_pid
+from .containers import CgroupIds, Resolver, cgroup_of_pid
 from .errors import OvltraceError
-from .model import (ContainerRef, Counters, ErrorReturned, Flush, Model, OverlayMeta,
-                    Victim, WbError)
+from .model import ErrorReturned, Flush, Model, OverlayMeta, Victim, WbError
 from .mounts import MountWatcher, Overlay, UnknownOverlayError, discover
 from .probes import Limits, Probes, RawEvent, format_dev, parse_dev
 
@@ -47,7 +46,7 @@ class Session:
     def __init__(self, btf: str | None = None, only: list[str] | None = None,
                  limits: Limits | None = None, refresh_interval: float = 1.0,
                  resolver: Resolver | None = None, hooks: list[str] | None = None,
-                 retention: float | None = None):
+                 retention: float | None = None, hook_mode: str = "auto"):
         self.only = [os.path.realpath(p) for p in only] if only else None
         self.refresh_interval = refresh_interval
         self.retention = retention       # long-running views forget what ended before now - this
@@ -56,7 +55,8 @@ class Session:
         self.resolver = resolver or Resolver()
         self._limits = limits
         self._btf = btf
-        self._hooks = hooks
+        self._hooks = hooks              # only these hooks (tests); None: all
+        self._hook_mode = hook_mode      # probes.HOOK_MODES
         self.probes: Probes | None = None
         self.mounts = MountWatcher()
         self.t0 = time.monotonic()
@@ -74,7 +74,6 @@ class Session:
         self.refresh_seconds = 0.0
         self.unattributed_events = 0
         self.flush_done: dict[int, int] = {}   # umount flush id -> end (sync_filesystem hook)
-        self._fn_stats: dict[int, object] = {}  # slot -> last SlotStats (function-hook fields)
         self.cgroups = CgroupIds()
 
     # ---- clock -------------------------------------------------------------
@@ -89,7 +88,7 @@ class Session:
     def start(self) -> None:
         overlays = self._discover_initial()
         limits = self._limits or Limits.for_overlays(max(len(overlays), 1))
-        self.probes = Probes(self._btf, limits, only_hooks=self._hooks)
+        self.probes = Probes(self._btf, limits, only_hooks=self._hooks, mode=self._hook_mode)
         self.probes.attach()
         self.t0 = time.monotonic()
         self.model = Model(0.0)
@@ -167,12 +166,12 @@ class Session:
             self.watched[slot] = w
             self.by_slotgen[(slot, gen)] = key
             self.ovl_by_dev[w.dev] = w
-            c = self.resolver.for_overlay(ov)
             self.model.add(OverlayMeta(
                 key=key, kind="overlay", mountpoint=ov.mountpoint, upper_dev=ov.upper_dev,
                 mnt_ns=ov.mnt_ns, upperdir=ov.upperdir, workdir=ov.workdir,
-                options=tuple(ov.options), container=_ref(c), fstype=ov.upper_fstype,
-                dev=ov.dev, first_seen=now))
+                options=tuple(ov.options), container=self.resolver.for_overlay(ov),
+                fstype=ov.upper_fstype, upper_source=ov.upper_source, dev=ov.dev,
+                first_seen=now))
 
     def _watch_upper(self, upper_dev: int, ov: Overlay) -> None:
         ref = self.probes.watch_upper_fs(upper_dev)
@@ -186,14 +185,14 @@ class Session:
         self.upper[upper_dev] = w
         self.model.add(OverlayMeta(key=key, kind="upperfs", mountpoint=ov.upper_mountpoint or "/",
                                    upper_dev=ov.upper_dev, fstype=ov.upper_fstype,
-                                   first_seen=self.now()))
+                                   upper_source=ov.upper_source, first_seen=self.now()))
 
     def _expire(self) -> None:
         now = self.now()
         for slot, w in list(self.watched.items()):
             if w.gone_since is not None and now - w.gone_since > GONE_GRACE:
                 final = self.probes.read_stats([slot])[slot]
-                self.model.counters(now, {w.key: _counters(final)})
+                self.model.counters(now, {w.key: final})
                 self.probes.unwatch_overlay(w.dev, w.upper_dev, w.ov.upper_ino, w.ov.work_ino, slot)
                 del self.watched[slot]
                 if self.ovl_by_dev.get(w.dev) is w:
@@ -238,8 +237,7 @@ class Session:
         now = self.now()
         slots = list(self.watched)
         stats = self.probes.read_stats(slots)
-        self._fn_stats = stats
-        self.model.counters(now, {self.watched[s].key: _counters(v) for s, v in stats.items()},
+        self.model.counters(now, {self.watched[s].key: c for s, c in stats.items()},
                             self._dirty_now())
         self._finish_flushes(final=False)
         self.model.set_self_stats(now, self.self_stats())
@@ -266,28 +264,12 @@ class Session:
         d["slots_exhausted"] = p.slots_exhausted
         d["overlays_watched"] = sum(1 for w in self.watched.values() if w.ov and w.gone_since is None)
         d["refresh_seconds"] = round(self.refresh_seconds, 6)
-        d.update(self._function_hook_stats())
         return d
 
-    def _function_hook_stats(self) -> dict:
-        """Function-hook figures by mountpoint and device, with the one
-        thing Counters cannot hold: the copy-up latency histogram."""
-        copy_up, sb_err = {}, {}
-        exact = any(h.name == "copy_up" and h.mechanism in ("fentry", "kprobe")
-                    for h in self.probes.hooks())
-        for slot, s in self._fn_stats.items():
-            w = self.watched.get(slot)
-            if w is None:
-                continue
-            if w.ov is not None and exact and (s.copy_ups or s.copy_up_failures):
-                copy_up[w.ov.mountpoint] = {
-                    "copy_ups": s.copy_ups, "metadata_only": s.copy_ups_meta,
-                    "bytes": s.copy_up_bytes, "failures": s.copy_up_failures,
-                    "seconds": round(s.copy_up_ns / 1e9, 6),
-                    "latency_log2_us": list(s.copy_up_lat)}
-            elif w.ov is None and s.sb_err_advances:
-                sb_err[format_dev(w.dev)] = s.sb_err_advances
-        return {"copy_up": copy_up, "sb_errseq_advances": sb_err}
+    def program_stats(self) -> tuple[bool, dict[str, tuple[int, int]]]:
+        """BPF run time per program (probes.program_stats); safe from any thread."""
+        p = self.probes
+        return p.program_stats() if p is not None else (False, {})
 
     # ---- events --------------------------------------------------------------
     def _on_event(self, ev: RawEvent) -> None:
@@ -372,7 +354,7 @@ class Session:
         if meta is not None and meta.container:
             container = meta.container
         else:
-            container = _ref(self._container_of(ev.pid, ev.cgroup_id))
+            container = self._container_of(ev.pid, ev.cgroup_id)
         return Flush(kind=kind, pid=ev.pid, tid=ev.tid, comm=ev.comm, start=self._t(ev.ts_ns),
                      duration=max(0.0, (end_ns - ev.ts_ns) / 1e9), ret=ev.err, target=target,
                      upper_dev=upper_dev, victims=vs, caller_container=container,
@@ -401,52 +383,3 @@ class Session:
             return self.resolver.for_cgroup(cgroup_of_pid(pid))
         except (OSError, ValueError):
             return None
-
-
-class CgroupIds:
-    """cgroup v2 id (the inode number of its directory, what
-    bpf_get_current_cgroup_id returns) -> cgroup path."""
-
-    def __init__(self):
-        self.root = cgroup2_root()
-        self.paths: dict[int, str] = {}
-        self._scanned = 0.0
-
-    def path(self, cgroup_id: int) -> str | None:
-        if self.root is None:
-            return None
-        if cgroup_id not in self.paths and time.monotonic() - self._scanned > 1.0:
-            self._scan()
-        return self.paths.get(cgroup_id)
-
-    def _scan(self) -> None:
-        self._scanned = time.monotonic()
-        paths = {}
-        for dirpath, dirnames, _files in os.walk(self.root):
-            try:
-                rel = os.path.relpath(dirpath, self.root)
-                paths[os.stat(dirpath).st_ino] = "/" if rel == "." else "/" + rel
-            except OSError:
-                continue
-            if len(paths) > 100000:
-                break
-        self.paths = paths
-
-
-def _ref(c) -> ContainerRef | None:
-    if c is None:
-        return None
-    return ContainerRef(c.runtime, c.id, c.name, getattr(c, "pod", None), getattr(c, "namespace", None))
-
-
-def _counters(s) -> Counters:
-    return Counters(
-        inodes_dirtied=s.inodes_dirtied, bytes_dirtied=s.bytes_dirtied,
-        bytes_written_back=s.bytes_written_back, copy_ups=s.copy_ups,
-        copy_up_bytes=s.copy_up_bytes, writeback_errors=s.wb_errors,
-        fsync_calls=s.fsync_calls, syncfs_calls=s.syncfs_calls,
-        errors_returned=s.errors_returned, dirty_calls_pages=s.dirty_calls[0],
-        dirty_calls_sync=s.dirty_calls[1], dirty_calls_datasync=s.dirty_calls[2],
-        dirty_calls_time=s.dirty_calls[3],
-        copy_ups_metadata_only=s.copy_ups_meta, copy_up_failures=s.copy_up_failures,
-        copy_up_ns=s.copy_up_ns, sb_errseq_advances=s.sb_err_advances)

@@ -8,9 +8,11 @@ from pathlib import Path
 import jsonschema
 
 from ovltrace.model import Counters, Flush, Model, OverlayMeta, Victim, WbError
-from ovltrace.views.audit import build_report, check_gates, parse_fail_on, render
+from ovltrace.report import render
+from ovltrace.report.build import build_report
+from ovltrace.report.gates import check_gates, parse_fail_on
 
-SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "ovltrace/schema/audit-v1.json")
+SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "ovltrace/schema/audit-v2.json")
                     .read_text())
 MiB = 1 << 20
 
@@ -28,7 +30,7 @@ def model(volatile_b: bool = False) -> Model:
 
 
 def test_quiet_model_has_no_findings_and_validates():
-    rep = build_report(model())
+    rep = build_report(model().snapshot())
     assert rep["findings"] == []
     jsonschema.Draft202012Validator(SCHEMA).validate(rep)
     assert rep["cgroup_accounting"]["available"] is False
@@ -39,7 +41,7 @@ def test_stall_is_split_by_bytes():
     # a's syncfs took 1s: 3 MiB of b's data, 1 MiB of its own
     m.flush(Flush("syncfs", 10, 10, "app", 2.0, 1.0, 0, "o1.1", "7:9",
                   [Victim("o2.1", 3 * MiB), Victim("o1.1", 1 * MiB)]))
-    rep = build_report(m)
+    rep = build_report(m.snapshot())
     s = {x["name"]: x for x in rep["stall_by_container"]}
     assert s["a"]["waited_on_others_seconds"] == 0.75
     assert s["b"]["made_others_wait_seconds"] == 0.75
@@ -55,11 +57,11 @@ def test_syncfs_loop_needs_mostly_others_data():
     for i in range(5):
         m.flush(Flush("syncfs", 10, 10, "app", 2.0 + i, 0.01, 0, "o1.1", "7:9",
                       [Victim("o1.1", 4 * MiB), Victim("o2.1", 1 * MiB)]))
-    assert "syncfs-flushes-others" not in {f["id"] for f in build_report(m)["findings"]}
+    assert "syncfs-flushes-others" not in {f["id"] for f in build_report(m.snapshot())["findings"]}
     for i in range(5):
         m.flush(Flush("syncfs", 10, 10, "app", 8.0 + i, 0.01, 0, "o1.1", "7:9",
                       [Victim("o2.1", 8 * MiB)]))
-    f = {f["id"]: f for f in build_report(m)["findings"]}["syncfs-flushes-others"]
+    f = {f["id"]: f for f in build_report(m.snapshot())["findings"]}["syncfs-flushes-others"]
     assert f["containers"] == ["a"] and f["evidence"]["syncfs_calls"] == 10
     assert "volatile" in f["advice"]
 
@@ -68,7 +70,7 @@ def test_umount_and_volatile_errors():
     m = model(volatile_b=True)
     m.flush(Flush("umount", 20, 20, "umount", 3.0, 2.0, 0, "o1.1", "7:9", [Victim("o2.1", 5 * MiB)]))
     m.wb_error(WbError(3.5, "o2.1", 1234, 5))
-    rep = build_report(m)
+    rep = build_report(m.snapshot())
     ids = {f["id"] for f in rep["findings"]}
     assert {"umount-flushed-others", "volatile-errors", "silent-data-loss",
             "shares-upper-with-errors"} <= ids
@@ -81,8 +83,8 @@ def test_umount_and_volatile_errors():
     assert check_gates(rep, parse_fail_on("leak,stall>5s"))[0] == 0
 
 
-def test_render_still_takes_a_snapshot():
-    # older callers (demo) pass a bare Snapshot
-    text = render(model().snapshot(), "table")
+def test_render_formats():
+    rep = build_report(model().snapshot())
+    text = render(rep, "table")
     assert "Per container" in text and "b" in text
-    assert json.loads(render(model().snapshot(), "json"))["version"] == 1
+    assert json.loads(render(rep, "json"))["version"] == 2

@@ -1,7 +1,7 @@
 """Audit on the golden recordings (made from the live demo by
 tests/data/make_golden.py): every format must carry the findings the
 scenario implies (not byte-for-byte), the JSON must validate against
-ovltrace/schema/audit-v1.json, and --fail-on must gate."""
+ovltrace/schema/audit-v2.json, and --fail-on must gate."""
 from __future__ import annotations
 
 import gzip
@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
-SCHEMA = json.loads((ROOT / "ovltrace" / "schema" / "audit-v1.json").read_text())
+SCHEMA = json.loads((ROOT / "ovltrace" / "schema" / "audit-v2.json").read_text())
 FORMATS = ("table", "markdown", "json", "html")
 
 # What each scenario must show: finding ids, and words every format must carry.

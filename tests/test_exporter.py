@@ -14,17 +14,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import OVLTRACE, ROOT
 from exporter_helpers import RULES, dashboard_exprs, metric_names, rule_exprs, template_selectors
-from ovltrace.model import (ContainerRef, Counters, ErrorReturned, Flush, Model, OverlayMeta,
+from ovltrace.model import (Container, Counters, ErrorReturned, Flush, Model, OverlayMeta,
                             Victim, WbError)
-from ovltrace.views.exporter import (ExporterConfig, OverlayCollector, handler_for, make_server,
-                                     parse_listen_address)
+from ovltrace.commands.exporter import make_server, parse_listen_address, web_app
+from ovltrace.views.exporter import ExporterConfig, OverlayCollector
 from ovltrace.views.metrics import served_names
 
 
 def names(m: Model, n: int, dev: str = "7:1"):
     m.add(OverlayMeta(f"fs.{dev}", "upperfs", "/srv/upper", dev, fstype="ext4"))
     for i in range(n):
-        c = ContainerRef("docker", f"{i:064x}", f"c{i:04d}", f"pod{i}", "prod")
+        c = Container("docker", f"{i:064x}", f"c{i:04d}", f"pod{i}", "prod")
         m.add(OverlayMeta(f"o{i}", "overlay", f"/var/lib/docker/overlay2/{i}/merged", dev,
                           container=c))
 
@@ -41,7 +41,7 @@ def scrape(collector) -> dict[tuple, float]:
 
 
 def collector(m: Model, **cfg) -> OverlayCollector:
-    return OverlayCollector(lambda: m, config=ExporterConfig(**cfg), device_namer=lambda d: d or "")
+    return OverlayCollector(lambda: m, config=ExporterConfig(**cfg))
 
 
 def value(samples, name, **labels):
@@ -91,7 +91,11 @@ def test_values_labels_and_promtool():
                  caller_container="c0000", victim_container="c0002") == 1 << 27
     assert not [1 for (n, ls) in s if n.startswith("ovltrace_interference")
                 and dict(ls)["victim_container"] == "c0000"]
-    assert value(s, "ovltrace_flush_others_stall_seconds_total", container="c0000") == 0.25
+    # stall is a share: 0.25 s split by bytes, o0's own 4 KiB take theirs
+    share = 0.25 * (1 << 27) / ((1 << 27) + 4096)
+    assert value(s, "ovltrace_flush_others_stall_seconds_total", container="c0000") == share
+    assert value(s, "ovltrace_interference_stall_seconds_total",
+                 caller_container="c0000", victim_container="c0002") == share
     assert value(s, "ovltrace_flush_duration_seconds_count", container="c0000", kind="syncfs") == 1
     # the host's sync: no container, told apart by comm
     assert value(s, "ovltrace_flush_duration_seconds_count", comm="sync", kind="sync") == 1
@@ -226,8 +230,8 @@ def test_concurrent_scrapes_consistent():
     c = OverlayCollector(lambda: m, lock, ExporterConfig(top_n=20, rank_interval=0.5))
     reg = CollectorRegistry(auto_describe=False)
     reg.register(c)
-    server = make_server("127.0.0.1", 0, None)
-    server.RequestHandlerClass = handler_for(reg, "/metrics", lambda: (True, "OK"))
+    server = make_server("127.0.0.1", 0)
+    server.set_app(web_app(reg, "/metrics", lambda: (True, "OK")))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
     stop = threading.Event()

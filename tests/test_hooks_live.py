@@ -61,12 +61,16 @@ def test_exact_copy_ups(sandbox):
         assert row["chmod"]["copy_up_bytes"] == SIZE["chmod"]
         assert row["meta"]["copy_ups"] == 1
         assert row["meta"]["copy_up_bytes"] == 0
-        detail = rep["self"]["copy_up"]
-        assert detail[ovs["meta"].mountpoint]["metadata_only"] == 1
+        # the function hook's own counters, now in the model (and recordings)
+        assert row["meta"]["copy_ups_metadata_only"] == 1
+        hot = {h["name"]: h for h in rep["copy_up_hotspots"]}
         for case in ("append", "trunc", "chmod"):
-            d = detail[ovs[case].mountpoint]
-            assert d["metadata_only"] == 0 and d["failures"] == 0
-            assert sum(d["latency_log2_us"]) == 1
+            d = row[case]
+            assert d["copy_ups_metadata_only"] == 0 and d["copy_up_failures"] == 0
+            assert sum(d["copy_up_latency"]) == 1
+            assert d["copy_up_seconds"] > 0
+        assert sum(hot[by_mountpoint(rep, ovs["append"].mountpoint)["name"]]
+                   ["latency_log2_us"]) == 1
     else:
         # the estimate: temp files in workdir and the bytes dirtied there
         for case in ("append", "chmod"):
@@ -75,4 +79,6 @@ def test_exact_copy_ups(sandbox):
         for case in ("trunc", "meta"):
             assert row[case]["copy_ups"] <= 1, case
             assert row[case]["copy_up_bytes"] < SIZE[case], case     # no data copied
-        assert rep["self"].get("copy_up", {}) == {}                   # function hooks only
+        for case in ovs:                                              # function hooks only
+            assert row[case]["copy_ups_metadata_only"] == 0
+            assert sum(row[case]["copy_up_latency"]) == 0

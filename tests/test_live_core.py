@@ -84,8 +84,8 @@ def test_syncfs_interference(sandbox):
     rb = by_mountpoint(rep, b.mountpoint)
     ra = by_mountpoint(rep, a.mountpoint)
     assert rb["syncfs_calls"] == 1
-    assert rb["flushed_for_others_bytes"] >= 16 * MiB
-    assert ra["flushed_by_others_bytes"] >= 16 * MiB
+    assert rb["others_bytes_flushed"] >= 16 * MiB
+    assert ra["bytes_flushed_by_others"] >= 16 * MiB
 
 
 def test_unmount_flushes_the_neighbours(sandbox):

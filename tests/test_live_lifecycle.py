@@ -39,7 +39,7 @@ def test_no_program_left_after_exit(how):
         t.signal(getattr(signal, how))
     rc, out = t.finish()
     assert rc == 0, t.stderr
-    assert '"version": 1' in out                  # the report is still printed
+    assert '"version": 2' in out                  # the report is still printed
     assert _wait_gone() == []
 
 

@@ -11,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
-from ovltrace.model import ContainerRef, Counters, ErrorReturned, Flush, Model, OverlayMeta, Victim, WbError
+from ovltrace.model import Container, Counters, ErrorReturned, Flush, Model, OverlayMeta, Victim, WbError
 from ovltrace.recording import RecordingWriter, apply, read_records
-from ovltrace.views.top import (COLUMN_KEYS, UIState, collect, handle_key, percentile, render,
-                                render_batch, visible_rows)
+from ovltrace.analysis import percentile
+from ovltrace.views.top import (COLUMN_KEYS, UIState, collect, handle_key, render, render_batch,
+                                visible_rows)
 from ovltrace.views.topui import Frames
 
 MiB = 1 << 20
@@ -49,7 +50,7 @@ def build_model(sink=None) -> Model:
     for key, mp in MOUNTS.items():
         m.add(OverlayMeta(key=key, kind="overlay", mountpoint=mp, upper_dev="7:0",
                           upperdir=mp.replace("merged", "diff"), fstype="ext4", first_seen=0.0,
-                          container=ContainerRef("docker", "c0ffee" * 10, "batch-job")
+                          container=Container("docker", "c0ffee" * 10, "batch-job")
                           if key == "o3" else None))
     m.add(OverlayMeta(key="fs1", kind="upperfs", mountpoint="/srv/x/upper", upper_dev="7:0",
                       fstype="ext4", first_seen=0.0))
@@ -259,7 +260,7 @@ def check_frame_against_model(frame: dict, model: Model, t0: float, t1: float) -
     dt = t1 - t0
     assert len(frame["rows"]) == len(snap.overlays)
     for r in snap.overlays:
-        from ovltrace.views.common import display_name
+        from ovltrace.format import display_name
         got = frame["rows"][display_name(r.meta, 40)]
         for col, value in (("DIRTY/s", r.window.bytes_dirtied / dt),
                            ("WBACK/s", r.window.bytes_written_back / dt)):

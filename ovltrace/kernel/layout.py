@@ -156,10 +156,6 @@ class Layout:
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
     missing_core: str | None = None     # set when even attribution is impossible
 
-    @property
-    def enabled(self) -> list[str]:
-        return [h for h, why in self.hooks.items() if why is None]
-
 
 def tracepoint_exists(tp: str, tracefs: str) -> bool:
     return os.path.isdir(os.path.join(tracefs, "events", tp))

@@ -7,7 +7,10 @@ All names follow Prometheus conventions: base units (bytes, seconds),
 """
 from __future__ import annotations
 
+from ..counters import COPY_UP_LATENCY_BUCKETS, COUNTERS
+
 PREFIX = "ovltrace_"
+DEFAULT_PORT = 19435         # 9435 is ebpf_exporter's
 
 # Labels that identify an overlay ("a container's root filesystem").  The
 # names are the ones cAdvisor / kube-state-metrics / node_exporter users
@@ -24,35 +27,16 @@ OTHER = "other"              # the `container` value of the folded bucket
 # exp2 buckets for flush durations: 2^-16 s (15 us) .. 2^5 s (32 s), then +Inf
 DURATION_BUCKETS = tuple(2.0 ** i for i in range(-16, 6))
 
-# name -> (type, help).  Types: counter, gauge, histogram.
-OVERLAY_COUNTERS = {
-    # metric name                                 Counters field, help
-    "ovltrace_overlay_dirtied_inodes_total": (
-        "inodes_dirtied", "Upper-filesystem inodes this overlay dirtied."),
-    "ovltrace_overlay_dirtied_bytes_total": (
-        "bytes_dirtied", "Bytes of page cache this overlay dirtied on its upper filesystem."),
-    "ovltrace_overlay_written_back_bytes_total": (
-        "bytes_written_back", "Bytes of this overlay's data written back to disk."),
-    "ovltrace_overlay_copy_ups_total": (
-        "copy_ups", "Files copied up from a lower layer."),
-    "ovltrace_overlay_copy_up_bytes_total": (
-        "copy_up_bytes", "Bytes written by copy-ups."),
-    "ovltrace_overlay_copy_ups_metadata_only_total": (
-        "copy_ups_metadata_only", "Copy-ups of metadata only (metacopy=on, O_TRUNC); "
-        "needs the ovl_copy_up_flags hook."),
-    "ovltrace_overlay_copy_up_failures_total": (
-        "copy_up_failures", "Copy-ups that failed; needs the ovl_copy_up_flags hook."),
-    "ovltrace_overlay_copy_up_seconds_total": (
-        "copy_up_seconds", "Time spent in copy-ups (divide by copy_ups_total for the mean "
-        "latency); needs the ovl_copy_up_flags hook."),
-    "ovltrace_overlay_fsync_calls_total": (
-        "fsync_calls", "fsync/fdatasync calls on files of this overlay."),
-    "ovltrace_overlay_syncfs_calls_total": (
-        "syncfs_calls", "syncfs calls on this overlay."),
-}
+# copy-up latency: the BPF log2(microseconds) buckets, upper bounds in seconds
+COPY_UP_BUCKETS = tuple(2.0 ** (i + 1) / 1e6 for i in range(COPY_UP_LATENCY_BUCKETS))
 
+# name -> (type, help).  Types: counter, gauge, histogram.  The per-overlay
+# counter families come from the counter schema (ovltrace/counters.py).
 FAMILIES: dict[str, tuple[str, str]] = {
-    **{name: ("counter", help_) for name, (_f, help_) in OVERLAY_COUNTERS.items()},
+    **{d.metric: ("counter", d.help) for d in COUNTERS if d.metric},
+    "ovltrace_overlay_copy_up_duration_seconds": (
+        "histogram", "Copy-ups by duration (log2 microsecond buckets); needs the "
+                     "ovl_copy_up_flags hook."),
     "ovltrace_overlay_dirty_inodes": (
         "gauge", "Upper inodes of this overlay dirty now (not yet written back)."),
     "ovltrace_overlay_writeback_errors_total": (
@@ -69,11 +53,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "ovltrace_flush_others_written_back_bytes_total": (
         "counter", "Bytes of other overlays' data a caller's flushes wrote back."),
     "ovltrace_flush_others_stall_seconds_total": (
-        "counter", "Time a caller's flushes ran while writing back other overlays' data."),
+        "counter", "The share of a caller's flush time that other overlays' data explains "
+                   "(a flush's duration split by the bytes it wrote back): what ovltrace "
+                   "audit calls waited_on_others_seconds."),
     "ovltrace_interference_written_back_bytes_total": (
         "counter", "Bytes of the victim's data written back by the caller's flushes."),
     "ovltrace_interference_stall_seconds_total": (
-        "counter", "Duration of the caller's flushes that wrote back the victim's data."),
+        "counter", "The share of the caller's flush time that the victim's data explains "
+                   "(duration x victim's bytes / all bytes the flush wrote back); the "
+                   "shares of one flush add up to its duration."),
     "ovltrace_interference_flushes_total": (
         "counter", "Caller's flushes that wrote back the victim's data."),
     "ovltrace_error_leaks_total": (

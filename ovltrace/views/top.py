@@ -1,20 +1,20 @@
 """`ovltrace top`: what the live view shows, as pure functions.
 
-Model -> `collect()` -> TopData (one interval's rates + a sliding window of
-flushes) -> `render()` -> Screen (plain text lines + which lines to
+Model snapshots -> `collect()` (through analysis.py) -> TopData (one
+interval's rates + a sliding window of flushes) -> `render()` -> Screen (plain text lines + which lines to
 highlight).  The curses layer (topui.py) only paints those lines and turns
 key presses into `handle_key()` calls, so batch mode, the tests and the
 benchmark run exactly the code the terminal shows.
 """
 from __future__ import annotations
 
-import bisect
-import math
 import time
 from dataclasses import dataclass, field
 
-from ..model import Counters, Flush, Model, OverlayMeta, flush_caller
-from .common import display_name, errno_name, human_bytes, human_seconds
+from .. import analysis
+from ..counters import Counters
+from ..format import display_name, errno_name, human_bytes, human_seconds
+from ..model import Flush, Model, OverlayMeta
 
 STALL_WINDOW = 60.0      # seconds of flushes behind STALL99 and OTHERS
 MIN_WIDTH, MIN_HEIGHT = 40, 8
@@ -37,6 +37,8 @@ class TopRow:
     flushes: int                 # flushes it called (window)
     flushed_others: int          # bytes of others written back by its flushes (window)
     flushed_by_others: int       # bytes of its data others' flushes wrote back (window)
+    waited: float                # its flushes' time spent on others' data (window)
+    made_wait: float             # others' flushes' time spent on its data (window)
     errors: int                  # writeback errors + errors handed to it, since start
     total: Counters
 
@@ -51,8 +53,7 @@ class FsSummary:
     fstype: str
     mountpoint: str
     overlays: int
-    dirty_bytes: int             # estimate: dirtied - written back, since start
-    dirty_inodes: int
+    dirty_inodes: int            # dirty now, from the kernel's dirty-inode map
     wb_rate: float
     syncfs_rate: float
     errors: int
@@ -78,124 +79,82 @@ class TopData:
     wall: float | None = None    # wall-clock time of the frame (title)
     errlog: ErrorLog | None = None
     note: str = ""               # "replay 12/60s", "end of recording"...
+    interference: analysis.Interference | None = None    # of `flushes`
 
     def by_key(self) -> dict[str, TopRow]:
         return {r.key: r for r in self.rows}
 
 
-def _at(samples: list[tuple[float, Counters]], t: float) -> Counters:
-    """Cumulative counters as of t: Model.counters_at with a binary search
-    (a long session keeps thousands of samples per overlay)."""
-    i = bisect.bisect_right(samples, t, key=lambda s: s[0])
-    return samples[i - 1][1] if i else Counters()
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (p99 of fewer than 100 values is the max)."""
-    if not values:
-        return None
-    v = sorted(values)
-    return v[max(0, math.ceil(q / 100 * len(v)) - 1)]
-
-
-def window_flushes(model: Model, start: float, t: float) -> list[Flush]:
-    """Flushes that ended in [start, t], newest first.  Flushes are appended
-    when they finish, so scan from the end (an umount is appended a little
-    late: allow some slack before stopping)."""
-    out = []
-    for f in reversed(model.flushes):
-        end = f.start + f.duration
-        if end < start - 30:
-            break
-        if start <= end and f.start <= t:
-            out.append(f)
-    out.sort(key=lambda f: -(f.start + f.duration))
-    return out
-
-
 def collect(model: Model, t_prev: float | None, t: float | None = None,
             window: float = STALL_WINDOW, wall: float | None = None) -> TopData:
-    """One frame: rates over [t_prev, t], flush statistics over the last
-    `window` seconds, dirty state now."""
+    """One frame: rates over [t_prev, t], flush figures over the last
+    `window` seconds (analysis.interference: the same pairs and stall
+    shares as the audit and the exporter), dirty state now."""
     t = model.now if t is None else t
     t_prev = model.t0 if t_prev is None else min(t_prev, t)
     dt = t - t_prev
     w_start = max(model.t0, t - window)
-    flushes = window_flushes(model, w_start, t)
-
-    stalls: dict[str, list[float]] = {}
-    others: dict[str, int] = {}
-    by_others: dict[str, int] = {}
-    for f in flushes:
-        if f.target:
-            stalls.setdefault(f.target, []).append(f.duration)
-        for v in f.victims:
-            if v.key != f.target:
-                if f.target:
-                    others[f.target] = others.get(f.target, 0) + v.bytes_written_back
-                by_others[v.key] = by_others.get(v.key, 0) + v.bytes_written_back
+    recent = model.snapshot(since=t_prev, t=t)            # rates
+    win = model.snapshot(since=w_start, t=t)              # flushes
+    flushes = sorted(win.flushes, key=lambda f: -f.end)
+    inter = analysis.interference(flushes, win.metas)
 
     rows: list[TopRow] = []
     fs: dict[str, FsSummary] = {}
-    per = (1.0 / dt) if dt > 0 else 0.0
-    for key, meta in model.metas.items():
-        if meta.first_seen > t or (meta.gone_at is not None and meta.gone_at < t_prev):
-            continue
-        samples = model.samples.get(key, ())
-        total = _at(samples, t) if samples else Counters()
-        prev = _at(samples, t_prev) if samples else Counters()
+    for r in recent.overlays + recent.upper_fs:
+        meta, w = r.meta, r.window
         s = fs.get(meta.upper_dev)
         if s is None:
-            s = fs[meta.upper_dev] = FsSummary(meta.upper_dev, meta.fstype or "", "", 0, 0, 0,
+            s = fs[meta.upper_dev] = FsSummary(meta.upper_dev, meta.fstype or "", "", 0, 0,
                                                0.0, 0.0, 0)
-        dirty_inodes = model.dirty_now.get(key, 0)
-        s.dirty_bytes += max(0, total.bytes_dirtied - total.bytes_written_back)
-        s.dirty_inodes += dirty_inodes
-        s.wb_rate += max(0, total.bytes_written_back - prev.bytes_written_back) * per
-        s.syncfs_rate += max(0, total.syncfs_calls - prev.syncfs_calls) * per
-        s.errors += total.writeback_errors
+        s.dirty_inodes += r.dirty_inodes_now
+        s.wb_rate += analysis.rate(w, dt, "bytes_written_back")
+        s.syncfs_rate += analysis.rate(w, dt, "syncfs_calls")
+        s.errors += r.total.writeback_errors
         if meta.kind != "overlay":
             s.mountpoint = meta.mountpoint
             continue
         s.overlays += 1
-        d = stalls.get(key, [])
+        p = inter.parties.get(meta.key) or analysis.PartyStall(meta.key)
+        d = p.flush_durations
         rows.append(TopRow(
-            key=key, meta=meta, live=meta.gone_at is None or meta.gone_at > t,
-            dirty_inodes=dirty_inodes,
-            dirtied_rate=max(0, total.bytes_dirtied - prev.bytes_dirtied) * per,
-            written_rate=max(0, total.bytes_written_back - prev.bytes_written_back) * per,
-            copyup_rate=max(0, total.copy_ups - prev.copy_ups) * per,
-            syncfs_rate=max(0, total.syncfs_calls - prev.syncfs_calls) * per,
-            stall_p99=percentile(d, 99), stall_max=max(d) if d else None, flushes=len(d),
-            flushed_others=others.get(key, 0), flushed_by_others=by_others.get(key, 0),
-            errors=total.writeback_errors + total.errors_returned, total=total))
+            key=meta.key, meta=meta, live=r.live, dirty_inodes=r.dirty_inodes_now,
+            dirtied_rate=analysis.rate(w, dt, "bytes_dirtied"),
+            written_rate=analysis.rate(w, dt, "bytes_written_back"),
+            copyup_rate=analysis.rate(w, dt, "copy_ups"),
+            syncfs_rate=analysis.rate(w, dt, "syncfs_calls"),
+            stall_p99=analysis.percentile(d, 99), stall_max=max(d) if d else None,
+            flushes=len(d), flushed_others=p.others_bytes_flushed,
+            flushed_by_others=p.bytes_flushed_by_others,
+            waited=p.waited_on_others_seconds, made_wait=p.made_others_wait_seconds,
+            errors=r.total.writeback_errors + r.total.errors_returned, total=r.total))
     return TopData(t=t, interval=dt, window=t - w_start, rows=rows, fs=list(fs.values()),
-                   flushes=flushes, metas=model.metas, hooks=model.hooks, wall=wall)
+                   flushes=flushes, metas=win.metas, hooks=model.hooks, wall=wall,
+                   interference=inter)
 
 
 class ErrorTracker:
     """The error and leak log since the start.  Leak detection needs a
     whole-session snapshot; errors are rare, so it is recomputed only when
-    a new error arrived."""
+    a new record arrived."""
 
     def __init__(self):
         self._seen = None
         self._log: ErrorLog | None = None
 
     def log(self, model: Model, t: float) -> ErrorLog:
-        failed = sum(1 for f in model.flushes if f.ret < 0)
-        seen = (len(model.wb_errors), len(model.errors_returned), failed)
+        seen = model.record_count()
         if seen != self._seen or self._log is None:
             self._seen = seen
-            self._log = build_error_log(model, t)
+            self._log = build_error_log(model.snapshot(since=model.t0, t=t))
         return self._log
 
 
-def build_error_log(model: Model, t: float) -> ErrorLog:
-    if not (model.wb_errors or model.errors_returned or any(f.ret < 0 for f in model.flushes)):
+def build_error_log(snap) -> ErrorLog:
+    errs = analysis.errors(snap)
+    if not (snap.wb_errors or errs.returned):
         return ErrorLog([], [], [])
-    snap = model.snapshot(since=model.t0, t=t)
-    metas = model.metas
+    metas = snap.metas
 
     def nm(key):
         return _name(metas, key, 14)
@@ -204,20 +163,19 @@ def build_error_log(model: Model, t: float) -> ErrorLog:
     per_key: dict[tuple[str, int], list] = {}
     for e in snap.wb_errors:
         per_key.setdefault((e.key, e.errno), []).append(e)
-    for (key, err), errs in per_key.items():
-        inodes = len({e.ino for e in errs})
-        events.append((errs[-1].t, f"WBERR  {nm(key)}: {len(errs)} x {errno_name(err)} on "
-                                   f"{inodes} inode{'s' if inodes != 1 else ''}"))
-    for e in snap.errors_returned:
+    for (key, err), es in per_key.items():
+        inodes = len({e.ino for e in es})
+        events.append((es[-1].t, f"WBERR  {nm(key)}: {len(es)} x {errno_name(err)} on "
+                                 f"{inodes} inode{'s' if inodes != 1 else ''}"))
+    for e in errs.returned:
         events.append((e.t, f"RETURN {nm(e.key)}: {e.call} -> {errno_name(e.errno)} "
                             f"({e.pid}/{e.comm})"))
-    # a failed syncfs can arrive both as a flush and as an error event
-    events = sorted({(round(t, 2), text) for t, text in events}, key=lambda ev: -ev[0])
-    leaks = [f"LEAK: {nm(l.victim)} got {errno_name(l.errno)} from {l.call}; "
-             f"the lost data was {nm(l.source)}'s" for l in snap.leaks]
-    leaks = list(dict.fromkeys(leaks))
+    events.sort(key=lambda ev: -ev[0])
+    leaks = list(dict.fromkeys(
+        f"LEAK: {nm(l.victim)} got {errno_name(l.errno)} from {l.call}; "
+        f"the lost data was {nm(l.source)}'s" for l in errs.leaks))
     losses = [f"SILENT LOSS: {nm(s.key)} lost data ({s.writeback_errors} writeback errors, "
-              f"{','.join(errno_name(e) for e in s.errnos)}), never told" for s in snap.silent_losses]
+              f"{','.join(errno_name(e) for e in s.errnos)}), never told" for s in errs.losses]
     return ErrorLog(events, leaks, losses)
 
 
@@ -396,12 +354,11 @@ class Screen:
     styles: dict[int, str] = field(default_factory=dict)   # line -> header|selected|alert|title
 
 
-def _name(metas: dict, key: str | None, width: int) -> str:
-    if key is None:
-        return "-"
-    if key.startswith(("container:", "pid:")):
-        return key.split(":", 1)[1][:width]
-    return display_name(metas.get(key), width)
+def _name(metas: dict, key: str | None, width: int, flushes=()) -> str:
+    """A party's name (analysis.party_name) in `width` columns."""
+    if key in metas:
+        return display_name(metas[key], width)
+    return _fit(analysis.party_name(key, metas, flushes), width)
 
 
 def _fit(text: str, width: int) -> str:
@@ -430,7 +387,7 @@ def fs_lines(data: TopData, width: int, limit: int = 2) -> list[str]:
     for s in sorted(data.fs, key=lambda s: -s.overlays)[:limit]:
         where = s.mountpoint or "?"
         head = f"{s.upper_dev} {s.fstype} ".replace("  ", " ")
-        stats = (f" dirty ~{human_bytes(s.dirty_bytes)}/{s.dirty_inodes}i"
+        stats = (f" dirty {s.dirty_inodes} inodes"
                  f"  wb {_rate_bytes(s.wb_rate)}/s  syncfs {_rate(s.syncfs_rate)}/s  err {s.errors}")
         room = width - len(head) - len(stats) - 1
         if room < 8:
@@ -548,16 +505,16 @@ def _main(data: TopData, state: UIState, width: int, height: int):
 
 
 def _victims(data: TopData, f: Flush, width: int) -> str:
-    """Others whose data the flush wrote back, with their share of all it
-    wrote back; bytes too when they fit."""
-    total = sum(v.bytes_written_back for v in f.victims) or 1
-    shown = [v for v in f.victims if v.bytes_written_back and v.key != f.target]
+    """Others whose data the flush wrote back, with their share of it (of
+    its bytes, and so of its time: analysis.shares); bytes too when they fit."""
+    shown = analysis.others_shares(f, data.interference.caller(f), data.metas)
     if not shown:
         return "-"
+    total = sum(s.bytes for s in analysis.shares(f))
     for with_bytes in (True, False):
-        parts = [f"{_name(data.metas, v.key, 10)}"
-                 + (f" {human_bytes(v.bytes_written_back)}" if with_bytes else "")
-                 + f" {100 * v.bytes_written_back // total}%" for v in shown]
+        parts = [f"{_name(data.metas, s.victim, 10)}"
+                 + (f" {human_bytes(s.bytes)}" if with_bytes else "")
+                 + f" {100 * s.bytes // total}%" for s in shown]
         if len(", ".join(parts)) <= width:
             return ", ".join(parts)
     out = parts[0]
@@ -570,8 +527,8 @@ def _victims(data: TopData, f: Flush, width: int) -> str:
 
 
 def flush_line(data: TopData, f: Flush, width: int) -> str:
-    ago = data.t - (f.start + f.duration)
-    caller = _name(data.metas, flush_caller(f), 10)
+    ago = data.t - f.end
+    caller = _name(data.metas, data.interference.caller(f), 10, data.flushes)
     ret = "ok" if f.ret >= 0 else errno_name(-f.ret)
     head = (f"{-ago:6.1f}s {f.kind:<6} {caller:<10} {f'{f.pid}/{f.comm}'[:13]:<13} "
             f"{human_seconds(f.duration):>7} {ret:<3} ")
@@ -580,7 +537,7 @@ def flush_line(data: TopData, f: Flush, width: int) -> str:
 
 def _syncfs(data: TopData, width: int, height: int):
     lines = [f"Flushes in the last {data.window:.0f}s, newest first: caller, duration, and",
-             "whose data each wrote back (share of the bytes it flushed)",
+             "whose data each wrote back (its share of the bytes, and so of the time)",
              _fit("   WHEN KIND   CALLER     PID/COMM         TIME RET VICTIMS", width)]
     styles = {2: "header"}
     for f in data.flushes[: max(0, height - len(lines))]:
@@ -592,24 +549,8 @@ def _syncfs(data: TopData, width: int, height: int):
     return lines, styles
 
 
-def interference(data: TopData) -> dict[tuple[str, str], list]:
-    """(caller, victim) -> [bytes, flushes, stall seconds] over the window,
-    a victim's own data excluded."""
-    out: dict[tuple[str, str], list] = {}
-    for f in data.flushes:
-        caller = flush_caller(f)
-        for v in f.victims:
-            if v.key == f.target or not v.bytes_written_back:
-                continue
-            cell = out.setdefault((caller, v.key), [0, 0, 0.0])
-            cell[0] += v.bytes_written_back
-            cell[1] += 1
-            cell[2] += f.duration
-    return out
-
-
 def _matrix(data: TopData, width: int, height: int):
-    pairs = interference(data)
+    pairs = {k: (p.bytes, p.flushes, p.stall_seconds) for k, p in data.interference.pairs.items()}
     lines = [f"Interference, last {data.window:.0f}s: bytes of VICTIM (column) written back",
              "by CALLER's (row) flushes"]
     styles: dict[int, str] = {}
@@ -630,14 +571,14 @@ def _matrix(data: TopData, width: int, height: int):
     for c in cs[:rows_room]:
         cells = "".join((human_bytes(pairs[(c, v)][0]) if (c, v) in pairs else ".").rjust(vw)
                         for v in vs)
-        lines.append(_name(data.metas, c, cw - 1).ljust(cw) + cells)
+        lines.append(_name(data.metas, c, cw - 1, data.flushes).ljust(cw) + cells)
     lines.append("")
-    lines.append(_fit("CALLER -> VICTIM             BYTES  FLUSHES  STALL (sum)", width))
+    lines.append(_fit("CALLER -> VICTIM             BYTES  FLUSHES  STALL", width))
     styles[len(lines) - 1] = "header"
     for (c, v), (b, n, s) in sorted(pairs.items(), key=lambda kv: -kv[1][0]):
         if len(lines) >= height:
             break
-        pair = f"{_name(data.metas, c, 12)} -> {_name(data.metas, v, 12)}"
+        pair = f"{_name(data.metas, c, 12, data.flushes)} -> {_name(data.metas, v, 12)}"
         lines.append(f"{pair:<26} {human_bytes(b):>7} {n:>8}  {human_seconds(s)}")
     return lines, styles
 
@@ -688,8 +629,10 @@ def _detail(data: TopData, state: UIState, width: int, height: int):
                           f"returned to it"),
              kv(f"last {data.window:.0f}s", f"{r.flushes} flushes called, p99 {_stall(r.stall_p99)}, "
                                             f"max {_stall(r.stall_max)}"),
-             kv("", f"it flushed others' {human_bytes(r.flushed_others)}; others flushed its "
-                    f"{human_bytes(r.flushed_by_others)}")]
+             kv("", f"it flushed others' {human_bytes(r.flushed_others)}, waiting "
+                    f"{human_seconds(r.waited)} on it"),
+             kv("", f"others flushed its {human_bytes(r.flushed_by_others)}, waiting "
+                    f"{human_seconds(r.made_wait)} on it")]
     styles = {0: "title"}
     if tot.writeback_errors or tot.errors_returned:
         styles[8] = "alert"
@@ -753,6 +696,15 @@ def render_batch(data: TopData, state: UIState, width: int = 80) -> str:
         out.append("")
         out.append(f"flushes in the last {data.interval:.1f}s:")
         out += [flush_line(data, f, 200) for f in recent]
+    pairs = sorted(data.interference.pairs.values(), key=lambda p: -p.bytes)
+    if pairs:
+        # exact figures: scripts compare them with the audit and /metrics
+        out.append("")
+        out.append(f"interference in the last {data.window:.0f}s "
+                   "(caller -> victim: bytes, flushes, stall seconds):")
+        out += [f"  {_name(data.metas, p.caller, 40, data.flushes)} -> "
+                f"{_name(data.metas, p.victim, 40)}: {p.bytes} {p.flushes} {p.stall_seconds:.6f}"
+                for p in pairs]
     if data.errlog and (data.errlog.leaks or data.errlog.losses):
         out.append("")
         out += data.errlog.leaks + data.errlog.losses

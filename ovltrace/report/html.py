@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from html import escape
 
-from .common import human_bytes, human_seconds
+from ..format import human_bytes, human_seconds
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
@@ -46,8 +46,8 @@ def render_html(rep: dict) -> str:
                     [[o["name"] + ("" if o["live"] else " (unmounted)"), o["inodes_dirtied"],
                       human_bytes(o["bytes_dirtied"]), human_bytes(o["bytes_written_back"]),
                       f'{o["copy_ups"]} / {human_bytes(o["copy_up_bytes"])}', o["syncfs_calls"],
-                      o["writeback_errors"], human_seconds(o["stall_suffered_seconds"]),
-                      human_seconds(o["stall_imposed_seconds"])]
+                      o["writeback_errors"], human_seconds(o["waited_on_others_seconds"]),
+                      human_seconds(o["made_others_wait_seconds"])]
                      for o in sorted(rep["overlays"], key=lambda o: -o["bytes_dirtied"])]))
     if rep["upper_filesystems"]:
         p.append("<h2>Per upper filesystem</h2>")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def render_markdown(rep: dict) -> str:
-    from .audit import sections
+    from .table import sections
     fs = ", ".join(f"`{u['upper_dev']}` {u.get('fstype') or ''}".strip()
                    for u in rep["upper_filesystems"]) or "none"
     out = ["# ovltrace audit", "",

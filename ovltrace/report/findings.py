@@ -1,13 +1,13 @@
 """Plain-language findings, each backed by the report's numbers.
 
-Input is the audit report dict (views/audit.py build_report), so findings
+Input is the audit report dict (report/build.py build_report), so findings
 work the same live and on a recording.  Each finding:
   {"id", "severity" (critical|warning|info), "containers", "title",
    "detail" (the numbers, in words), "advice", "evidence" {numbers}}
 """
 from __future__ import annotations
 
-from .views.common import errno_name, human_bytes, human_seconds
+from ..format import errno_name, human_bytes, human_seconds
 
 MIN_LOOP_CALLS = 3             # syncfs calls before "in a loop"
 OTHERS_SHARE = 0.5             # "mostly others' data"
@@ -72,7 +72,7 @@ def findings(report: dict) -> list[dict]:
                 duration_seconds=f["duration_seconds"], others_bytes=f["others_bytes"]))
 
     # Errors handed to the wrong container.
-    for leak in report.get("leaks_named", []):
+    for leak in report.get("leaks", []):
         out.append(_f(
             "error-leak", "critical", [leak["victim"], leak["source"]],
             f"{leak['victim']} was handed {errno_name(leak['errno'])} caused by {leak['source']}",

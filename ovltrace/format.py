@@ -1,7 +1,9 @@
-"""Formatting shared by the views: sizes, durations, short names."""
+"""Text shared by every output: sizes, durations, errno and short names,
+and the duration syntax the command line accepts."""
 from __future__ import annotations
 
-import os
+import errno as _errno
+import re
 
 # path components that say nothing about which container it is
 _GENERIC = {"merged", "rootfs", "diff", "fs", "mnt", "root", "upper", "overlay", "rootfs.mnt"}
@@ -51,12 +53,22 @@ def human_seconds(s: float) -> str:
 
 
 def errno_name(e: int) -> str:
-    import errno as _errno
-    return _errno.errorcode.get(e, str(e))
+    """5 -> 'EIO' (the sign is ignored: errors travel as -errno too)."""
+    if e == 0:
+        return "unknown"
+    return _errno.errorcode.get(abs(e), str(abs(e)))
 
 
-def term_width(default: int = 80) -> int:
-    try:
-        return os.get_terminal_size().columns
-    except OSError:
-        return default
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'10s', '500ms', '2m', '1h', '3' (seconds) -> seconds; ValueError
+    with a one-line reason otherwise."""
+    m = DURATION_RE.match(text or "")
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (examples: 10s, 500ms, 2m, 1h)")
+    value = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if value <= 0:
+        raise ValueError("the duration must be more than zero")
+    return value

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import os
 import platform
+import textwrap
 
-from .errors import OvltraceError
-from .kernel.layout import UNHOOKABLE
-from .probes import (DEFAULT_BTF, MECHANISMS, TRACEFS, Probes, ensure_tracefs, fentry_available,
-                     hook_mode, kprobes_available)
+from ..errors import OvltraceError
+from ..kernel.layout import UNHOOKABLE
+from ..probes import (DEFAULT_BTF, MECHANISMS, TRACEFS, Probes, ensure_tracefs, fentry_available,
+                      kprobes_available)
+from .runtime import TraceOptions
 
 
 def _read(path: str) -> str | None:
@@ -18,14 +20,14 @@ def _read(path: str) -> str | None:
         return None
 
 
-def facts() -> list[tuple[str, str, bool]]:
+def facts(btf: str | None = None) -> list[tuple[str, str, bool]]:
     """(what, state, ok) lines about the kernel."""
     out = []
     rel = platform.release()
     out.append(("kernel", f"{rel} {platform.machine()}", True))
     out.append(("root", "yes" if os.geteuid() == 0 else "no: tracing needs root "
                 "(CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)", os.geteuid() == 0))
-    btf = os.environ.get("OVLTRACE_BTF") or DEFAULT_BTF
+    btf = btf or DEFAULT_BTF
     out.append(("BTF", btf if os.path.exists(btf) else f"missing ({btf})", os.path.exists(btf)))
     mod = "/sys/kernel/btf/overlay"
     out.append(("overlayfs", "module (BTF in /sys/kernel/btf/overlay)" if os.path.exists(mod)
@@ -49,10 +51,10 @@ def facts() -> list[tuple[str, str, bool]]:
     return out
 
 
-def run_doctor(btf: str | None) -> int:
+def run_doctor(opts: TraceOptions) -> int:
     print("ovltrace doctor")
     ok = True
-    for what, state, good in facts():
+    for what, state, good in facts(opts.btf):
         ok &= good
         print(f"  {what:<18} {state}")
     if os.geteuid() == 0:
@@ -62,8 +64,8 @@ def run_doctor(btf: str | None) -> int:
             print(f"  {'tracefs':<18} {e}")
             ok = False
     try:
-        mode = hook_mode()
-        probes = Probes(btf)
+        mode = opts.hooks
+        probes = Probes(opts.btf, mode=mode)
     except OvltraceError as e:
         print(f"  cannot read kernel types: {e}")
         return 1
@@ -92,7 +94,6 @@ def run_doctor(btf: str | None) -> int:
             print(f"  {'':<12} {'':<11} why: {h.reason}")
     for n in probes.layout.notes:
         print(f"  note: {n}")
-    import textwrap
     for fn, why in UNHOOKABLE.items():
         lines = textwrap.wrap(why, 80 - 27)
         print(f"  {fn:<12} {'never':<11} {lines[0]}")

@@ -1,0 +1,173 @@
+"""`ovltrace exporter`: a session, the collector of views/exporter.py,
+and prometheus_client's own HTTP exposition (content negotiation, gzip,
+`name[]` filtering) behind a small router for health and a landing page."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from ..errors import OvltraceError
+from ..probes import BPF_STATS
+from ..views.exporter import ExporterConfig, OverlayCollector
+from ..views.metrics import DEFAULT_PORT
+from .runtime import TraceOptions, say, trace, tracing
+
+
+class BpfStatsSwitch:
+    """--bpf-stats: turn kernel.bpf_stats_enabled on while running, then
+    put back what was there (a sysctl is the host's, not ours)."""
+
+    def __init__(self, wanted: bool):
+        self.wanted = wanted
+        self.old = None
+
+    def __enter__(self):
+        if self.wanted:
+            try:
+                with open(BPF_STATS) as f:
+                    self.old = f.read().strip()
+                with open(BPF_STATS, "w") as f:
+                    f.write("1")
+            except OSError as e:
+                raise OvltraceError(f"cannot enable {BPF_STATS}: {e.strerror}") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            try:
+                with open(BPF_STATS, "w") as f:
+                    f.write(self.old)
+            except OSError:
+                pass
+
+
+# ---- HTTP ------------------------------------------------------------------------
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """'localhost:19435', ':19435' (all interfaces), '[::1]:19435' -> (host, port).
+    ValueError with a one-line reason otherwise."""
+    text = (text or "").strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not port:
+        raise ValueError(f"{text!r} is not HOST:PORT (examples: localhost:{DEFAULT_PORT}, "
+                         f":{DEFAULT_PORT}, [::1]:{DEFAULT_PORT})")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{port!r} in {text!r} is not a port number (0-65535)")
+    return host, int(port)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass        # scrapes every few seconds: no access log on stderr
+
+
+def make_server(host: str, port: int) -> WSGIServer:
+    """Bind now (so a busy port fails before the slow BPF compile); the
+    app is set later with server.set_app()."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OvltraceError(f"cannot listen on {host or '*'}:{port}: {e.strerror}") from None
+    family = infos[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+        allow_reuse_address = True
+
+    try:
+        return Server((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port),
+                      _QuietHandler)
+    except OSError as e:
+        raise OvltraceError(f"cannot listen on {host or '*'}:{port}: {e.strerror}") from None
+
+
+def web_app(registry, telemetry_path: str, healthy):
+    """Metrics at telemetry_path (prometheus_client's app), health, a
+    landing page."""
+    metrics = make_wsgi_app(registry)
+    landing = (f"<html><head><title>ovltrace exporter</title></head><body>"
+               f"<h1>ovltrace exporter</h1><p><a href=\"{telemetry_path}\">Metrics</a></p>"
+               f"<p><a href=\"/-/healthy\">Health</a></p></body></html>").encode()
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
+
+        def send(status: str, ctype: str, body: bytes):
+            start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+            return [body]
+
+        if path == telemetry_path:
+            try:
+                return metrics(environ, start_response)
+            except Exception as e:     # a scrape must answer, never hang up
+                return send("500 Internal Server Error", "text/plain",
+                            f"collect failed: {e}\n".encode())
+        if path in ("/-/healthy", "/health", "/healthz"):
+            ok, why = healthy()
+            return send("200 OK" if ok else "503 Service Unavailable", "text/plain",
+                        (why + "\n").encode())
+        if path == "/":
+            return send("200 OK", "text/html", landing)
+        return send("404 Not Found", "text/plain", b"not found\n")
+
+    return app
+
+
+def run_exporter(opts: TraceOptions, listen: str, telemetry_path: str, config: ExporterConfig,
+                 bpf_stats: bool, duration: float | None = None) -> int:
+    try:
+        host, port = parse_listen_address(listen)
+    except ValueError as e:
+        raise OvltraceError(f"bad --web.listen-address: {e}") from None
+    if not telemetry_path.startswith("/") or telemetry_path in ("/", "/-/healthy", "/health"):
+        raise OvltraceError(f"bad --web.telemetry-path {telemetry_path!r}: must start with / "
+                            "and not be / or a health path")
+
+    state = {"attached": False, "last_step": 0.0}
+
+    def healthy():
+        if not state["attached"]:
+            return False, "starting: probes not attached yet"
+        age = time.monotonic() - state["last_step"]
+        if age > 10:
+            return False, f"tracing loop stalled for {age:.0f}s"
+        return True, "OK"
+
+    registry = CollectorRegistry(auto_describe=False)
+    server = make_server(host, port)
+    thread = None
+    try:
+        # the model forgets what ended well after the series expired
+        with BpfStatsSwitch(bpf_stats), \
+                tracing(opts, retention=config.gone_ttl + 60) as (session, stopper):
+            collector = OverlayCollector(lambda: session.model, session.lock, config,
+                                         bpf_programs=session.program_stats)
+            registry.register(collector)
+            server.set_app(web_app(registry, telemetry_path, healthy))
+            thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+            thread.start()
+
+            def attached():
+                state["attached"] = True
+                state["last_step"] = time.monotonic()
+                shown = f"[{host}]" if ":" in host else (host or "*")
+                say(f"serving metrics on http://{shown}:{server.server_address[1]}{telemetry_path}")
+
+            def stepped():
+                state["last_step"] = time.monotonic()
+
+            trace(session, stopper, duration, on_attached=attached, step=stepped)
+    finally:
+        if thread is not None:
+            server.shutdown()
+        server.server_close()
+    return 0
