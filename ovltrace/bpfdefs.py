@@ -10,6 +10,6 @@ RET_KINDS = {1: "syncfs", 2: "fsync", 3: "fdatasync"}
 COUNTERS = ["events_dropped", "cache_misses", "walk_too_deep",
             "walk_no_dentry", "map_full", "flush_works", "folio_bytes_unmatched", "error_events_dropped"]
 STAT_FIELDS = ["inodes_dirtied", "bytes_dirtied", "bytes_written_back", "copy_ups",
-               "copy_up_bytes", "wb_errors", "fsync_calls", "syncfs_calls", "errors_returned",
+               "copy_up_bytes", "writeback_errors", "fsync_calls", "syncfs_calls", "errors_returned",
                # function hooks only
-               "copy_ups_meta", "copy_up_failures", "copy_up_ns", "sb_err_advances"]
+               "copy_ups_metadata_only", "copy_up_failures", "copy_up_ns", "sb_errseq_advances"]

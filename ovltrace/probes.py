@@ -203,15 +203,15 @@ class SlotStats:
     bytes_written_back: int = 0
     copy_ups: int = 0
     copy_up_bytes: int = 0
-    wb_errors: int = 0
+    writeback_errors: int = 0
     fsync_calls: int = 0
     syncfs_calls: int = 0
     errors_returned: int = 0
-    copy_ups_meta: int = 0
+    copy_ups_metadata_only: int = 0
     copy_up_failures: int = 0
     copy_up_ns: int = 0
-    copy_up_lat: list[int] = field(default_factory=lambda: [0] * bpfdefs.COPYUP_LAT_SLOTS)
-    sb_err_advances: int = 0
+    copy_up_latency: list[int] = field(default_factory=lambda: [0] * bpfdefs.COPYUP_LAT_SLOTS)
+    sb_errseq_advances: int = 0
 
 
 class Probes:
@@ -402,7 +402,7 @@ class Probes:
                 for i in range(4):
                     s.dirty_calls[i] += v.dirty_calls[i]
                 for i in range(bpfdefs.COPYUP_LAT_SLOTS):
-                    s.copy_up_lat[i] += v.copy_up_lat[i]
+                    s.copy_up_latency[i] += v.copy_up_latency[i]
                 for name in bpfdefs.STAT_FIELDS:
                     setattr(s, name, getattr(s, name) + getattr(v, name))
             out[slot] = s

@@ -281,12 +281,12 @@ class Session:
                 continue
             if w.ov is not None and exact and (s.copy_ups or s.copy_up_failures):
                 copy_up[w.ov.mountpoint] = {
-                    "copy_ups": s.copy_ups, "metadata_only": s.copy_ups_meta,
+                    "copy_ups": s.copy_ups, "metadata_only": s.copy_ups_metadata_only,
                     "bytes": s.copy_up_bytes, "failures": s.copy_up_failures,
                     "seconds": round(s.copy_up_ns / 1e9, 6),
-                    "latency_log2_us": list(s.copy_up_lat)}
-            elif w.ov is None and s.sb_err_advances:
-                sb_err[format_dev(w.dev)] = s.sb_err_advances
+                    "latency_log2_us": list(s.copy_up_latency)}
+            elif w.ov is None and s.sb_errseq_advances:
+                sb_err[format_dev(w.dev)] = s.sb_errseq_advances
         return {"copy_up": copy_up, "sb_errseq_advances": sb_err}
 
     # ---- events --------------------------------------------------------------
@@ -443,10 +443,10 @@ def _counters(s) -> Counters:
     return Counters(
         inodes_dirtied=s.inodes_dirtied, bytes_dirtied=s.bytes_dirtied,
         bytes_written_back=s.bytes_written_back, copy_ups=s.copy_ups,
-        copy_up_bytes=s.copy_up_bytes, writeback_errors=s.wb_errors,
+        copy_up_bytes=s.copy_up_bytes, writeback_errors=s.writeback_errors,
         fsync_calls=s.fsync_calls, syncfs_calls=s.syncfs_calls,
         errors_returned=s.errors_returned, dirty_calls_pages=s.dirty_calls[0],
         dirty_calls_sync=s.dirty_calls[1], dirty_calls_datasync=s.dirty_calls[2],
         dirty_calls_time=s.dirty_calls[3],
-        copy_ups_metadata_only=s.copy_ups_meta, copy_up_failures=s.copy_up_failures,
-        copy_up_ns=s.copy_up_ns, sb_errseq_advances=s.sb_err_advances)
+        copy_ups_metadata_only=s.copy_ups_metadata_only, copy_up_failures=s.copy_up_failures,
+        copy_up_ns=s.copy_up_ns, sb_errseq_advances=s.sb_errseq_advances)
