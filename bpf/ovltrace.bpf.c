@@ -119,6 +119,18 @@ static __always_inline u64 icache_check(struct icache_ent *c)
 	       ((u64)c->gen << 32 | c->role) ^ ((u64)c->epoch << 32 | c->dev) ^ 0x6f766c7472616365ULL;
 }
 
+/* The check is computed from the values written, never read back from
+ * *c: another CPU may be writing the same entry, and a check over the mix
+ * would make a torn entry look valid. */
+static __always_inline void icache_put(struct icache_ent *c, u64 inode, u64 ino, u32 igen,
+                                       u32 slot, u32 gen, u32 role, u32 dev)
+{
+	struct icache_ent ne = { .inode = inode, .ino = ino, .igen = igen, .slot = slot,
+	                         .gen = gen, .role = role, .epoch = cur_epoch(), .dev = dev };
+	ne.check = icache_check(&ne);
+	*c = ne;
+}
+
 /* The owner of an upper-fs inode, and what the hooks need of the inode. */
 struct owner { u32 slot; u32 gen; u32 role; u32 dev; u64 ino; u64 state; u64 mapping; };
 
@@ -160,18 +172,21 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	u64 key = (u64)inode;
 	u32 idx = icache_index(key);
 	struct icache_ent *c = icache.lookup(&idx);
-	if (c && c->inode == key && c->ino == ino && c->igen == igen && c->check == icache_check(c)) {
+	struct icache_ent ce = {};
+	if (c)
+		ce = *c;          /* one copy, checked and used: *c may change meanwhile */
+	if (ce.inode == key && ce.ino == ino && ce.igen == igen && ce.check == icache_check(&ce)) {
 		/* Not on a watched upper fs: valid until the set of watched
 		 * filesystems changes. */
-		if (c->role == ROLE_NONE && c->epoch == cur_epoch())
+		if (ce.role == ROLE_NONE && ce.epoch == cur_epoch())
 			return 0;
 		/* positive answers stay valid while their slot lives; "outside
 		 * any overlay" ones until the set of overlays changes */
-		if (c->role != ROLE_FS ? slot_alive(c->slot, c->gen) : c->epoch == cur_epoch()) {
-			o->slot = c->slot;
-			o->gen = c->gen;
-			o->role = c->role;
-			o->dev = c->dev;
+		if (ce.role != ROLE_FS ? slot_alive(ce.slot, ce.gen) : ce.epoch == cur_epoch()) {
+			o->slot = ce.slot;
+			o->gen = ce.gen;
+			o->role = ce.role;
+			o->dev = ce.dev;
 			return 1;
 		}
 	}
@@ -198,17 +213,8 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	if (!sv_upper) {
 		/* remember "not ours" for this inode: the next event costs no
 		 * hash lookup */
-		if (c) {
-			c->inode = key;
-			c->ino = ino;
-			c->igen = igen;
-			c->slot = 0;
-			c->gen = 0;
-			c->role = ROLE_NONE;
-			c->epoch = cur_epoch();
-			c->dev = 0;
-			c->check = icache_check(c);
-		}
+		if (c)
+			icache_put(c, key, ino, igen, 0, 0, ROLE_NONE, 0);
 		return 0;
 	}
 	o->dev = dev;
@@ -262,17 +268,8 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	}
 	/* Temp files in workdir become upper files when copy-up renames them:
 	 * don't cache the workdir answer. */
-	if (o->role != ROLE_WORK && c) {
-		c->inode = key;
-		c->ino = ino;
-		c->igen = igen;
-		c->slot = o->slot;
-		c->gen = o->gen;
-		c->role = o->role;
-		c->epoch = cur_epoch();
-		c->dev = dev;
-		c->check = icache_check(c);
-	}
+	if (o->role != ROLE_WORK && c)
+		icache_put(c, key, ino, igen, o->slot, o->gen, o->role, dev);
 	return 1;
 }
 

@@ -179,3 +179,10 @@ def test_every_function_hook_variant_compiles_and_verifies():
                     b.load_func(f"raw_tracepoint__{name}".encode(), BPF.RAW_TRACEPOINT)
     finally:
         b.cleanup()
+
+
+def test_icache_check_is_never_computed_over_the_shared_entry():
+    # over *c, another CPU's half-written entry could pass as valid
+    uses = [a for a in calls("icache_check") if not a.startswith("struct ")]
+    assert uses and all(a.startswith("&") for a in uses), uses
+    assert not re.search(r"\bc->\w+\s*=[^=]", SRC)
