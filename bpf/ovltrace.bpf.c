@@ -14,6 +14,12 @@
 #include "kernel_layout.h"
 #include "ovltrace.h"
 
+/* Kernel pointers are read into u64 throughout; layout.py marks every hook
+ * unsupported on other kernels, this only guards against a stale header. */
+#if KPTR_SIZE != 8
+#error "ovltrace supports kernels with 8-byte pointers only"
+#endif
+
 /* Read a kernel member into an integer variable, zero-extending. */
 #define KREAD(dst, base, M) do {                                              \
 	dst = 0;                                                                  \
@@ -29,14 +35,17 @@ BPF_ARRAY(config, u32, 4);                                   /* [0]: epoch of di
 
 /* ---- kernel-side state ------------------------------------------------- */
 struct sb_val { u32 dev; u32 is_upper; u32 epoch; u32 pad; };
-BPF_HASH(sb_filter, u64, struct sb_val, 1024);               /* super_block * -> upper? */
+/* super_block * -> upper?  LRU: filled from the hot path, so it must never
+ * be full (a full hash would stop caching new superblocks for good). */
+BPF_TABLE("lru_hash", u64, struct sb_val, sb_filter, 1024);
 
 /* inode * -> owner, as a direct-mapped cache in an array: array lookups
  * are inlined by the verifier, hash lookups are helper calls that cost
  * several times more.  A collision only costs a walk. */
 struct icache_ent { u64 inode; u64 ino; u32 igen; u32 slot; u32 gen; u32 role; u32 epoch; u32 dev; u64 check; };
 BPF_ARRAY(icache, struct icache_ent, ICACHE_SIZE);           /* ICACHE_SIZE: a power of 2 */
-BPF_TABLE("lru_hash", u64, u64, copyup_seen, 16384);        /* temp inodes counted */
+struct copyup_key { u64 inode; u64 ino; };
+BPF_TABLE("lru_hash", struct copyup_key, u8, copyup_seen, 16384);  /* temp inodes counted */
 BPF_TABLE("lru_hash", u64, struct dirty_val, dirty_inodes, DIRTY_SIZE);
 
 BPF_PERCPU_ARRAY(stats, struct ovl_stats, MAX_SLOTS);
@@ -110,6 +119,18 @@ static __always_inline u64 icache_check(struct icache_ent *c)
 	       ((u64)c->gen << 32 | c->role) ^ ((u64)c->epoch << 32 | c->dev) ^ 0x6f766c7472616365ULL;
 }
 
+/* The check is computed from the values written, never read back from
+ * *c: another CPU may be writing the same entry, and a check over the mix
+ * would make a torn entry look valid. */
+static __always_inline void icache_put(struct icache_ent *c, u64 inode, u64 ino, u32 igen,
+                                       u32 slot, u32 gen, u32 role, u32 dev)
+{
+	struct icache_ent ne = { .inode = inode, .ino = ino, .igen = igen, .slot = slot,
+	                         .gen = gen, .role = role, .epoch = cur_epoch(), .dev = dev };
+	ne.check = icache_check(&ne);
+	*c = ne;
+}
+
 /* The owner of an upper-fs inode, and what the hooks need of the inode. */
 struct owner { u32 slot; u32 gen; u32 role; u32 dev; u64 ino; u64 state; u64 mapping; };
 
@@ -151,18 +172,21 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	u64 key = (u64)inode;
 	u32 idx = icache_index(key);
 	struct icache_ent *c = icache.lookup(&idx);
-	if (c && c->inode == key && c->ino == ino && c->igen == igen && c->check == icache_check(c)) {
+	struct icache_ent ce = {};
+	if (c)
+		ce = *c;          /* one copy, checked and used: *c may change meanwhile */
+	if (ce.inode == key && ce.ino == ino && ce.igen == igen && ce.check == icache_check(&ce)) {
 		/* Not on a watched upper fs: valid until the set of watched
 		 * filesystems changes. */
-		if (c->role == ROLE_NONE && c->epoch == cur_epoch())
+		if (ce.role == ROLE_NONE && ce.epoch == cur_epoch())
 			return 0;
 		/* positive answers stay valid while their slot lives; "outside
 		 * any overlay" ones until the set of overlays changes */
-		if (c->role != ROLE_FS ? slot_alive(c->slot, c->gen) : c->epoch == cur_epoch()) {
-			o->slot = c->slot;
-			o->gen = c->gen;
-			o->role = c->role;
-			o->dev = c->dev;
+		if (ce.role != ROLE_FS ? slot_alive(ce.slot, ce.gen) : ce.epoch == cur_epoch()) {
+			o->slot = ce.slot;
+			o->gen = ce.gen;
+			o->role = ce.role;
+			o->dev = ce.dev;
 			return 1;
 		}
 	}
@@ -189,17 +213,8 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	if (!sv_upper) {
 		/* remember "not ours" for this inode: the next event costs no
 		 * hash lookup */
-		if (c) {
-			c->inode = key;
-			c->ino = ino;
-			c->igen = igen;
-			c->slot = 0;
-			c->gen = 0;
-			c->role = ROLE_NONE;
-			c->epoch = cur_epoch();
-			c->dev = 0;
-			c->check = icache_check(c);
-		}
+		if (c)
+			icache_put(c, key, ino, igen, 0, 0, ROLE_NONE, 0);
 		return 0;
 	}
 	o->dev = dev;
@@ -253,17 +268,8 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	}
 	/* Temp files in workdir become upper files when copy-up renames them:
 	 * don't cache the workdir answer. */
-	if (o->role != ROLE_WORK && c) {
-		c->inode = key;
-		c->ino = ino;
-		c->igen = igen;
-		c->slot = o->slot;
-		c->gen = o->gen;
-		c->role = o->role;
-		c->epoch = cur_epoch();
-		c->dev = dev;
-		c->check = icache_check(c);
-	}
+	if (o->role != ROLE_WORK && c)
+		icache_put(c, key, ino, igen, o->slot, o->gen, o->role, dev);
 	return 1;
 }
 
@@ -274,12 +280,11 @@ static __always_inline void note_copy_up_temp(void *inode, struct owner *o,
 	KREAD(mode, inode, inode_i_mode);
 	if ((mode & 0170000) != 0100000)      /* regular files only */
 		return;
-	u64 key = (u64)inode;
-	u64 *seen = copyup_seen.lookup(&key);
-	if (seen && *seen == o->ino)
-		return;
-	copyup_seen.update(&key, &o->ino);
-	s->copy_ups++;
+	/* BPF_NOEXIST: of two CPUs dirtying the same temp file, one counts */
+	struct copyup_key key = { .inode = (u64)inode, .ino = o->ino };
+	u8 one = 1;
+	if (copyup_seen.insert(&key, &one) == 0)
+		s->copy_ups++;
 }
 
 /* ---- dirtying ------------------------------------------------------------ */
@@ -288,7 +293,8 @@ static __always_inline void on_folio_dirty(void *folio, void *mapping)
 {
 	u64 bytes = K_PAGE_SIZE;
 #ifdef OFF_folio__flags_1
-	/* flags and _flags_1 (the order of a large folio) in one read */
+	/* flags and _flags_1 (the order of a large folio) in one read; both
+	 * are unsigned longs, so u64 words (KPTR_SIZE is 8) */
 	struct { u64 w[OFF_folio__flags_1 / 8 + 1]; } f;
 	if (bpf_probe_read_kernel(&f, sizeof(f), folio) == 0 &&
 	    (f.w[OFF_folio_flags / 8] & (1UL << K_PG_head)))
@@ -399,22 +405,10 @@ static __always_inline void emit_flush(struct flush_state *st, s64 ret, u64 end)
 		count(CNT_EVENTS_DROPPED);
 		return;
 	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->type = EV_FLUSH;
-	e->kind = st->kind;
-	e->pid = st->pid;
-	e->tid = st->tid;
+	event_init_flush(e, EV_FLUSH, st);
 	e->dev = st->target_dev;
 	e->err = ret;
-	e->ts_ns = st->start_ns;
 	e->end_ns = end;
-	e->flush_id = st->id;
-	e->cgroup_id = st->cgroup_id;
-	e->synced_dev = st->synced_dev;
-	e->sb_errseq = st->sb_errseq;
-	e->sb_err_advanced = st->sb_err_advanced;
-	__builtin_memcpy(e->comm, st->comm, COMM_LEN);
-	__builtin_memcpy(e->path, st->path, PATH_LEN);
 	events.ringbuf_submit(e, 0);
 }
 
@@ -533,13 +527,21 @@ static __always_inline void on_inode_written(void *inode, u64 pages)
 	}
 	if (!fid)
 		return;
+	/* Shared by the CPUs writing back for one flush: create the entry with
+	 * BPF_NOEXIST (if another CPU was first, its entry stays), then add to
+	 * whichever entry is there.  Still missing: the map is full. */
 	struct victim_key vk = { .flush_id = fid, .slot = o.slot, .gen = o.gen };
 	u64 *v = victims.lookup(&vk);
-	if (v) {
-		__sync_fetch_and_add(v, bytes);
-	} else if (victims.update(&vk, &bytes)) {
-		count(CNT_MAP_FULL);
+	if (!v) {
+		u64 zero = 0;
+		victims.insert(&vk, &zero);
+		v = victims.lookup(&vk);
+		if (!v) {
+			count(CNT_MAP_FULL);
+			return;
+		}
 	}
+	__sync_fetch_and_add(v, bytes);
 }
 
 /* ---- writeback errors ------------------------------------------------- */
@@ -570,19 +572,13 @@ static __always_inline void on_wb_error(void *mapping, s32 errno)
 		count(CNT_ERROR_EVENTS_DROPPED);     /* the counters above stay exact */
 		return;
 	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->type = EV_WB_ERROR;
+	event_init(e, EV_WB_ERROR);
 	e->slot = o.slot;
 	e->gen = o.gen;
 	e->dev = o.dev;
 	e->ino = o.ino;
 	e->err = errno;
-	e->ts_ns = bpf_ktime_get_ns();
-	u64 id = bpf_get_current_pid_tgid();
-	e->pid = id >> 32;
-	e->tid = (u32)id;
-	bpf_get_current_comm(&e->comm, sizeof(e->comm));
-	events.ringbuf_submit(e, 0);
+	error_events.ringbuf_submit(e, 0);
 }
 
 /* ---- file descriptors -> superblock --------------------------------- */
@@ -602,7 +598,7 @@ static __always_inline u32 fd_dev(int fd)
 	if (fd < 0 || (u32)fd >= max_fds)
 		return 0;
 	KREAD(fdarr, fdt, fdtable_fd);
-	bpf_probe_read_kernel(&file, sizeof(file), (void *)(fdarr + (u64)fd * 8));
+	bpf_probe_read_kernel(&file, KPTR_SIZE, (void *)(fdarr + (u64)fd * KPTR_SIZE));
 	if (!file)
 		return 0;
 	KREAD(inode, file, file_f_inode);
@@ -653,19 +649,12 @@ static __always_inline void on_fsync_exit(s64 ret)
 			s->errors_returned++;
 		struct event *e = events.ringbuf_reserve(sizeof(struct event));
 		if (e) {
-			__builtin_memset(e, 0, sizeof(*e));
-			e->type = EV_ERR_RETURNED;
+			event_init(e, EV_ERR_RETURNED);
 			e->kind = p->kind;
 			e->slot = p->ref.slot;
 			e->gen = p->ref.gen;
 			e->dev = p->dev;
 			e->err = -ret;
-			e->ts_ns = bpf_ktime_get_ns();
-			u64 id = bpf_get_current_pid_tgid();
-			e->pid = id >> 32;
-			e->tid = (u32)id;
-			e->cgroup_id = bpf_get_current_cgroup_id();
-			bpf_get_current_comm(&e->comm, sizeof(e->comm));
 			events.ringbuf_submit(e, 0);
 		} else {
 			count(CNT_EVENTS_DROPPED);
@@ -847,9 +836,9 @@ BPF_HASH(copyup_inflight, u32, struct copyup_state, 4096);   /* tid -> copy-up *
 static __always_inline u32 ovl_upper_state(void *inode)
 {
 	void *oi = inode - OFF_ovl_inode_vfs_inode;
-	u64 upper = 0, flags = 0;
-	bpf_probe_read_kernel(&upper, sizeof(upper), oi + OFF_ovl_inode___upperdentry);
-	bpf_probe_read_kernel(&flags, sizeof(flags), oi + OFF_ovl_inode_flags);
+	u64 upper, flags;
+	KREAD(upper, oi, ovl_inode___upperdentry);
+	KREAD(flags, oi, ovl_inode_flags);
 	return (upper ? UP_HAS_UPPER : 0) | ((flags >> K_OVL_UPPERDATA) & 1 ? UP_DATA : 0);
 }
 
@@ -902,17 +891,15 @@ static __always_inline void on_copy_up_return(s64 ret)
 		if (copied) {
 			s->copy_ups++;
 			if (!upper_has_data(after))
-				s->copy_ups_metadata_only++;       /* metacopy: data stays below */
+				s->copy_ups_metadata_only++;   /* metacopy: data stays below */
 			else if (!(cs->flags & K_O_TRUNC))
 				s->copy_up_bytes += cs->size;   /* O_TRUNC copies no data */
 			u64 ns = bpf_ktime_get_ns() - cs->start_ns;
 			s->copy_up_ns += ns;
-			u64 us = ns / 1000;
-			u32 b = 0;
-#pragma unroll
-			for (int i = 1; i < COPYUP_LAT_SLOTS; i++)
-				if (us >> i)
-					b = i;
+			/* bpf_log2l(v) is floor(log2(v)) + 1, and 1 for 0 */
+			u32 b = bpf_log2l(ns / 1000) - 1;
+			if (b >= COPYUP_LAT_SLOTS)
+				b = COPYUP_LAT_SLOTS - 1;
 			s->copy_up_latency[b & (COPYUP_LAT_SLOTS - 1)]++;
 		}
 	}
@@ -1032,15 +1019,8 @@ static __always_inline void on_sync_fs_return(void)
 	flush_last.update(&st->id, &now);
 	struct event *e = events.ringbuf_reserve(sizeof(struct event));
 	if (e) {
-		__builtin_memset(e, 0, sizeof(*e));
-		e->type = EV_FLUSH_DONE;
-		e->kind = st->kind;
-		e->tid = tid;
-		e->flush_id = st->id;
+		event_init_flush(e, EV_FLUSH_DONE, st);
 		e->end_ns = now;
-		e->synced_dev = st->synced_dev;
-		e->sb_errseq = st->sb_errseq;
-		e->sb_err_advanced = st->sb_err_advanced;
 		events.ringbuf_submit(e, 0);
 	} else {
 		count(CNT_EVENTS_DROPPED);

@@ -1,5 +1,6 @@
 /* Structs that both the BPF programs and Python read.
- * Python mirrors every one of them in ovltrace/bpfdefs.py: change both. */
+ * Python mirrors every one of them in ovltrace/bpfdefs.py: change both.
+ * struct ovl_stats members carry the names of the Python model's counters. */
 #ifndef OVLTRACE_H
 #define OVLTRACE_H
 
@@ -41,16 +42,16 @@ struct ovl_stats {              /* per slot, per CPU */
 	u64 bytes_written_back;     /* pages written back x page size */
 	u64 copy_ups;               /* copy-ups (tracepoint path: temp files in workdir) */
 	u64 copy_up_bytes;
-	u64 writeback_errors;              /* writeback errors on this slot's inodes */
+	u64 writeback_errors;       /* writeback errors on this slot's inodes */
 	u64 fsync_calls;            /* fsync + fdatasync on files of this overlay */
 	u64 syncfs_calls;           /* syncfs on this overlay */
 	u64 errors_returned;        /* syncfs/fsync/fdatasync that returned < 0 here */
 	/* function hooks only (zero on the tracepoint path) */
-	u64 copy_ups_metadata_only;          /* metadata-only copy-ups (metacopy=on) */
+	u64 copy_ups_metadata_only; /* metadata-only copy-ups (metacopy=on) */
 	u64 copy_up_failures;       /* ovl_copy_up_flags returned < 0 */
 	u64 copy_up_ns;             /* total time in copy-ups that copied */
-	u64 copy_up_latency[COPYUP_LAT_SLOTS];
-	u64 sb_errseq_advances;        /* upper fs slot: syncs during which s_wb_err moved */
+	u64 copy_up_latency[COPYUP_LAT_SLOTS];  /* [i]: 2^i <= us < 2^(i+1); [0]: < 2 us; last: all above */
+	u64 sb_errseq_advances;     /* upper fs slot: syncs during which s_wb_err moved */
 };
 
 struct dirty_val { u32 slot; u32 gen; u64 since_ns; u64 ino; };
@@ -96,5 +97,42 @@ struct event {
 	char comm[COMM_LEN];
 	char path[PATH_LEN];
 };
+
+/* ---- filling an event ------------------------------------------------------
+ * Every emit site reserves, calls one of these, sets what is its own and
+ * submits.  Zeroed first: ring-buffer memory is not, and it reaches
+ * userspace. */
+
+/* stamped with the current task, now */
+static __always_inline void event_init(struct event *e, u32 type)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = type;
+	u64 id = bpf_get_current_pid_tgid();
+	e->pid = id >> 32;
+	e->tid = (u32)id;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+}
+
+/* a flush's events: its caller and start as recorded when it began */
+static __always_inline void event_init_flush(struct event *e, u32 type,
+                                             struct flush_state *st)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = type;
+	e->kind = st->kind;
+	e->pid = st->pid;
+	e->tid = st->tid;
+	e->ts_ns = st->start_ns;
+	e->flush_id = st->id;
+	e->cgroup_id = st->cgroup_id;
+	e->synced_dev = st->synced_dev;
+	e->sb_errseq = st->sb_errseq;
+	e->sb_err_advanced = st->sb_err_advanced;
+	__builtin_memcpy(e->comm, st->comm, COMM_LEN);
+	__builtin_memcpy(e->path, st->path, PATH_LEN);
+}
 
 #endif

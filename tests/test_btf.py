@@ -1,11 +1,13 @@
 """The BTF reader against this kernel's real BTF, and against garbage."""
+import ctypes
 import struct
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from ovltrace.kernel.btf import BTF, BTFError
-from ovltrace.kernel.layout import ATTRIBUTION, MEMBERS, generate
+from ovltrace.kernel import layout as layout_mod
+from ovltrace.kernel.layout import ATTRIBUTION, FUNCTIONS, MEMBERS, generate, pointer_size
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 
@@ -57,6 +59,50 @@ def test_layout_disables_hook_when_member_missing(btf, monkeypatch):
     assert "f_no_such" in layout.hooks["syncfs"]
     assert "f_no_such" in layout.hooks["fsync"]
     assert layout.hooks["sync"] is None or "tracepoint" in layout.hooks["sync"]
+
+
+def test_pointer_size_from_btf(btf):
+    assert pointer_size(btf) == ctypes.sizeof(ctypes.c_void_p) == 8
+    layout = generate(btf, tracefs="/sys/kernel/tracing")
+    assert "#define KPTR_SIZE 8\n" in layout.header
+    assert not any("unsupported" in (why or "") for why in layout.hooks.values())
+
+
+class _NoListHead:
+    """This kernel's BTF without struct list_head: the size of unsigned
+    long must do."""
+    def __init__(self, btf):
+        self._btf = btf
+
+    def offset(self, struct_name, path):
+        if struct_name == "list_head":
+            raise BTFError("struct list_head not in BTF")
+        return self._btf.offset(struct_name, path)
+
+    def __getattr__(self, name):
+        return getattr(self._btf, name)
+
+
+def test_pointer_size_without_list_head(btf):
+    assert pointer_size(_NoListHead(btf)) == 8
+
+
+def test_other_pointer_size_is_unsupported_per_hook(btf, monkeypatch):
+    monkeypatch.setattr(layout_mod, "pointer_size", lambda b: 4)
+    layout = generate(btf, tracefs="/sys/kernel/tracing")
+    assert "#define KPTR_SIZE 4\n" in layout.header
+    assert [h for h, why in layout.hooks.items() if why is None] == []
+    for why in list(layout.hooks.values()) + list(layout.functions.values()):
+        assert why.startswith("unsupported kernel: pointers are 4 bytes"), why
+    assert set(layout.functions) == set(FUNCTIONS)
+
+
+def test_unknown_pointer_size_is_unsupported(btf, monkeypatch):
+    def unknown(b):
+        raise BTFError("cannot tell the kernel's pointer size")
+    monkeypatch.setattr(layout_mod, "pointer_size", unknown)
+    layout = generate(btf, tracefs="/sys/kernel/tracing")
+    assert all("cannot tell the kernel's pointer size" in why for why in layout.hooks.values())
 
 
 def test_not_btf(tmp_path):
