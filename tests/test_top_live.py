@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import BANNER, ROOT
+from conftest import BANNER, ROOT, Trace
 from ovltrace.demo import build, start_workload
 
 pytestmark = pytest.mark.live
@@ -22,9 +22,10 @@ DEMO = ["webshop", "syncer", "batch", "cache"]
 
 @pytest.fixture(scope="module")
 def demo():
+    """The demo's containers; the tests start the workload once top traces,
+    so its writes are seen however slow the compile was."""
     setup = build(4)
     try:
-        start_workload(setup)
         yield setup
     finally:
         setup.sandbox.close()
@@ -121,6 +122,7 @@ def start_top(tmux: Tmux, demo, *extra: str) -> str:
         assert "error" not in tmux.stderr(), tmux.stderr()
         assert time.monotonic() < end, f"no banner; stderr: {tmux.stderr()}\n{tmux.screen()}"
         time.sleep(0.2)
+    start_workload(demo)
     return tmux.wait(lambda s: {r[0] for r in table(s)} >= set(DEMO), 20, "the demo containers")
 
 
@@ -221,7 +223,11 @@ def test_top_batch_live(demo):
     args = [sys.executable, "-m", "ovltrace.cli", "top", "-b", "-n", "3", "-d", "1"]
     for mp in demo.mountpoints:
         args += ["--overlay", mp]
-    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    t = Trace(args[3:])
+    t.wait_attached(120)
+    start_workload(demo)
+    rc, out = t.finish()
+    r = subprocess.CompletedProcess(args, rc, out, t.stderr)
     assert r.returncode == 0, r.stderr
     assert BANNER in r.stderr and "Traceback" not in r.stderr
     frames = r.stdout.split("ovltrace top - ")
