@@ -900,6 +900,9 @@ static __always_inline void on_copy_up_return(s64 ret)
 			u32 b = bpf_log2l(ns / 1000) - 1;
 			if (b >= COPYUP_LAT_SLOTS)
 				b = COPYUP_LAT_SLOTS - 1;
+			/* clang drops the mask below after the clamp, and 6.1's
+			 * verifier loses the clamp's bounds: keep the mask */
+			asm volatile("" : "+r"(b));
 			s->copy_up_latency[b & (COPYUP_LAT_SLOTS - 1)]++;
 		}
 	}
