@@ -1,7 +1,8 @@
 """Every derived number, defined once; every output reads it from here.
 
 Input is a model Snapshot (or, for the exporter, one flush or one error
-at a time through the same rules).  Nothing here formats text.
+at a time through the same rules).  Nothing here formats text, except
+party_name(): a display name (terminal-safe, see untrusted.py).
 
 Parties.  A flush (syncfs, sync, umount) is charged to its CALLER: the
 overlay it targeted (syncfs on an overlay's fd, umount of an overlay);
@@ -27,7 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .counters import COPY_UP_LATENCY_BUCKETS, Counters
+from .format import display_name
 from .model import ErrorReturned, Flush, OverlayMeta, Snapshot, WbError
+from .untrusted import visible
 
 TIMELINE_POINTS = 120
 
@@ -61,17 +64,16 @@ def container_overlays(metas: dict[str, OverlayMeta]) -> dict[str, str]:
 def party_name(key: str | None, metas: dict[str, OverlayMeta], flushes=()) -> str:
     """What people call a party: container name, else the distinctive part
     of the mountpoint, else the process name."""
-    from .format import display_name
     if key is None:
         return "-"
     if key.startswith("process:"):
-        return key.split(":", 1)[1]
+        return visible(key.split(":", 1)[1])
     if key.startswith("container:"):
         cid = key.split(":", 1)[1]
         for f in flushes:
             if f.caller_container is not None and f.caller_container.id == cid:
-                return f.caller_container.name
-        return cid[:12]
+                return visible(f.caller_container.name)
+        return visible(cid[:12])
     return display_name(metas.get(key), 40) if key in metas else key
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno as _errno
 import re
 
+from .untrusted import cut, visible
+
 # path components that say nothing about which container it is
 _GENERIC = {"merged", "rootfs", "diff", "fs", "mnt", "root", "upper", "overlay", "rootfs.mnt"}
 
@@ -23,14 +25,15 @@ def short_name(mountpoint: str, width: int = 20) -> str:
 
 
 def display_name(meta, width: int = 20) -> str:
+    """What people call an overlay, in `width` columns, terminal-safe (a
+    container chooses its name and mountpoint: see untrusted.py)."""
     if meta is None:
         return "-"
     if meta.kind == "upperfs":
         return f"[{meta.upper_dev} rest]"[:width]
     if meta.container:
-        n = meta.container.name
-        return n if len(n) <= width else n[: width - 1] + "~"
-    return short_name(meta.mountpoint, width)
+        return cut(visible(meta.container.name), width)
+    return short_name(visible(meta.mountpoint), width)
 
 
 def human_bytes(n: float) -> str:

@@ -21,6 +21,7 @@ from .errors import OvltraceError
 from .kernel.btf import BTF, BTFError
 from .kernel.headers import HeaderError, build_tree, remove_tree
 from .kernel.layout import FUNCTIONS, HOOKS, Layout, generate, programs
+from .untrusted import decode
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 TRACEFS = "/sys/kernel/tracing"
@@ -507,8 +508,8 @@ class Probes:
         e = self.bpf["events"].event(data)
         self.events.append(RawEvent(
             e.type, e.kind, e.pid, e.tid, e.slot, e.gen, e.dev, e.err, e.ts_ns, e.end_ns,
-            e.ino, e.flush_id, e.cgroup_id, bytes(e.comm).split(b"\0")[0].decode(errors="replace"),
-            bytes(e.path).split(b"\0")[0].decode(errors="replace"),
+            e.ino, e.flush_id, e.cgroup_id, decode(bytes(e.comm).split(b"\0")[0]),
+            decode(bytes(e.path).split(b"\0")[0]),
             e.synced_dev, e.sb_errseq, e.sb_err_advanced))
 
 

@@ -104,7 +104,7 @@ with open(A["relpath"], "ab") as f:
 _ERROR_WRITER = r"""
 chunk = os.urandom(A["chunk_kb"] * 1024)
 step = len(chunk) + A["hole_kb"] * 1024       # a hole after each chunk: one extent per chunk
-fd = os.open("lost.dat", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+fd = os.open(bytes.fromhex(A["filename"]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 left, off = A["total_mb"] * 1048576, 0
 while left > 0:
     view = memoryview(chunk)[:min(left, len(chunk))]
@@ -188,7 +188,8 @@ def copy_up(sb: Sandbox, ov: SandboxOverlay, relpath: str) -> subprocess.Popen:
 
 
 def error_writer(sb: Sandbox, ov: SandboxOverlay, total_mb: int = 100, chunk_kb: int = 1024,
-                 hole_kb: int = 0, hold_fd: bool = False) -> subprocess.Popen:
+                 hole_kb: int = 0, hold_fd: bool = False,
+                 filename: bytes = b"lost.dat") -> subprocess.Popen:
     """Write total_mb of data to lost.dat without fsync, in chunk_kb pwrites
     with a hole of hole_kb after each chunk.
 
@@ -203,7 +204,7 @@ def error_writer(sb: Sandbox, ov: SandboxOverlay, total_mb: int = 100, chunk_kb:
     until stdin closes (wait_written() waits for the first line).
     """
     return _spawn(sb, ov, "error-writer", _ERROR_WRITER, pipes=hold_fd, total_mb=total_mb,
-                  chunk_kb=chunk_kb, hole_kb=hole_kb, hold_fd=hold_fd)
+                  chunk_kb=chunk_kb, hole_kb=hole_kb, hold_fd=hold_fd, filename=filename.hex())
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -255,7 +256,8 @@ class LeakResult:
 def error_leak_scenario(sb_factory: Callable[[], Sandbox] | None = None, total_mb: int = 8,
                         before_writes: Callable[[Sandbox, SandboxOverlay, SandboxOverlay], None]
                         | None = None,
-                        before_fsync: Callable[[], None] | None = None) -> LeakResult:
+                        before_fsync: Callable[[], None] | None = None,
+                        filename: bytes = b"lost.dat") -> LeakResult:
     """Deterministic "error leak": B loses data, A's syncfs gets the error.
 
     Recipe: overlays A and B on one upper fs (default Sandbox(errors="leak"):
@@ -276,6 +278,7 @@ def error_leak_scenario(sb_factory: Callable[[], Sandbox] | None = None, total_m
     before_writes(sb, a, b) runs after setup, right before B writes (e.g. to
     start a tracer); before_fsync() runs after the syncfs calls, right
     before B's fsync (e.g. to end a trace while B still knows nothing).
+    filename: what B's file is called (any bytes: the hostile-name test).
     The sandbox is closed on return.
     """
     t0 = time.monotonic()
@@ -285,10 +288,11 @@ def error_leak_scenario(sb_factory: Callable[[], Sandbox] | None = None, total_m
         filled = sb.exhaust_backing()
         if before_writes:
             before_writes(sb, a, b)
-        proc = error_writer(sb, b, total_mb=total_mb, chunk_kb=64, hole_kb=4, hold_fd=True)
+        proc = error_writer(sb, b, total_mb=total_mb, chunk_kb=64, hole_kb=4, hold_fd=True,
+                            filename=filename)
         try:
             wait_written(proc)
-            b_ino = os.stat(os.path.join(b.upperdir, "lost.dat")).st_ino
+            b_ino = os.stat(os.path.join(os.fsencode(b.upperdir), filename)).st_ino
             a_rc = syncfs(a.mountpoint)
             b_fd_rc = held_fd_call(proc, "syncfs")
             b_fresh_rc = syncfs(b.mountpoint)

@@ -10,6 +10,7 @@ from ..containers import Resolver
 from ..errors import OvltraceError
 from ..format import short_name
 from ..mounts import UnknownOverlayError, discover
+from ..untrusted import visible
 
 
 def run_mounts(fmt: str, overlays: list[str]) -> None:
@@ -28,8 +29,9 @@ def run_mounts(fmt: str, overlays: list[str]) -> None:
     if fmt == "json":
         click.echo(json.dumps(items, indent=2))
         return
-    rows = [[(d["container"] or {}).get("name") or short_name(d["mountpoint"], 16),
-             d["mountpoint"] if len(d["mountpoint"]) <= 34 else "…" + d["mountpoint"][-33:],
+    rows = [[visible((d["container"] or {}).get("name") or short_name(d["mountpoint"], 16)),
+             visible(d["mountpoint"] if len(d["mountpoint"]) <= 34
+                     else "…" + d["mountpoint"][-33:]),
              f"{d['upper_dev'] or '-'} {d.get('upper_fstype') or ''}".strip(),
              ",".join(d["options"]) or "-"] for d in items]
     click.echo(tabulate(rows, headers=["NAME", "MOUNTPOINT", "UPPER FS", "OPTIONS"],

@@ -8,10 +8,13 @@ import sys
 import time
 from dataclasses import dataclass
 
+from ..untrusted import visible
+
 
 def say(msg: str) -> None:
-    """A status line on stderr (stdout carries the command's output)."""
-    print(f"ovltrace: {msg}", file=sys.stderr, flush=True)
+    """A status line on stderr (stdout carries the command's output); it
+    may quote a path or a recording's content: shown terminal-safe."""
+    print(f"ovltrace: {visible(msg)}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -26,12 +29,14 @@ class Stopper:
     """SIGINT/SIGTERM end a trace cleanly: the loop notices, prints its
     result and detaches.  A second signal exits at once (the kernel drops
     our programs with the process).  SIGHUP asks for a reload: mounts,
-    container state and cgroups are read again, tracing goes on."""
+    container state and cgroups are read again, tracing goes on; for a
+    full-screen view (hangup_stops) it means the terminal is gone: stop."""
 
-    def __init__(self):
+    def __init__(self, hangup_stops: bool = False):
         self.stopped = False
         self.signum = None
         self.reload = False
+        self.hangup_stops = hangup_stops
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -44,8 +49,11 @@ class Stopper:
         self.stopped = True
         self.signum = signum
 
-    def _hangup(self, _signum, _frame):
-        self.reload = True
+    def _hangup(self, signum, frame):
+        if self.hangup_stops:
+            self._handle(signum, frame)
+        else:
+            self.reload = True
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -53,11 +61,11 @@ class Stopper:
 
 
 @contextlib.contextmanager
-def tracing(opts: TraceOptions, **session_args):
+def tracing(opts: TraceOptions, hangup_stops: bool = False, **session_args):
     """(session, stopper): signals handled, the session closed (every BPF
     program detached) however the block ends."""
     from ..session import Session
-    with Stopper() as stopper, Session(btf=opts.btf, only=list(opts.overlays) or None,
+    with Stopper(hangup_stops) as stopper, Session(btf=opts.btf, only=list(opts.overlays) or None,
                                        hook_mode=opts.hooks, **session_args) as session:
         yield session, stopper
 

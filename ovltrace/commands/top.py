@@ -21,7 +21,7 @@ def run_live(opts: TraceOptions, delay: float, batch: bool, iterations: int | No
     if not batch:
         Terminal.check()
     term = None if batch else Terminal()
-    with tracing(opts, refresh_interval=min(1.0, delay),
+    with tracing(opts, hangup_stops=not batch, refresh_interval=min(1.0, delay),
                  retention=3600.0) as (session, stopper):    # runs for hours
         frames = Frames(session.model)
         ui = Interactive(state, term, iterations) if term else None
@@ -169,7 +169,7 @@ def run_replay(path: str, delay: float, batch: bool, iterations: int | None, sor
 
     Terminal.check()
     term = Terminal()
-    with Stopper() as stopper:
+    with Stopper(hangup_stops=True) as stopper:      # the terminal hung up: quit
         term.open()
         try:
             ui = Interactive(state, term, iterations)

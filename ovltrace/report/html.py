@@ -3,14 +3,15 @@
 No scripts, no external files: inline CSS and SVG charts (the interference
 matrix as a heat map, a timeline per container).  The report JSON is
 embedded too (<script type="application/json" id="ovltrace-report">), so
-the page carries its own data.
+the page carries its own data.  Every text from the report goes through
+untrusted.html_text (HTML-escaped, control characters shown).
 """
 from __future__ import annotations
 
 import json
-from html import escape
 
 from ..format import human_bytes, human_seconds
+from ..untrusted import html_text
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
@@ -32,14 +33,14 @@ def render_html(rep: dict) -> str:
          "<title>ovltrace audit</title>", f"<style>{CSS}</style></head><body>",
          "<h1>ovltrace audit</h1>",
          f'<div class="muted">{rep["window_seconds"]:.1f}s window, {len(rep["overlays"])} '
-         f'containers; upper fs: {escape(_fs(rep))}{escape(_source(rep))}</div>']
+         f'containers; upper fs: {html_text(_fs(rep))}{html_text(_source(rep))}</div>']
     p.append("<h2>Findings</h2>")
     if not rep["findings"]:
         p.append("<p>No findings.</p>")
     for f in rep["findings"]:
         p.append(f'<div class="finding {f["severity"]}"><span class="sev">{f["severity"]}</span> '
-                 f'<b>{escape(f["title"])}</b><br>{escape(f["detail"])}<br>'
-                 f'<i>Advice:</i> {escape(f["advice"])}</div>')
+                 f'<b>{html_text(f["title"])}</b><br>{html_text(f["detail"])}<br>'
+                 f'<i>Advice:</i> {html_text(f["advice"])}</div>')
     p.append("<h2>Per container</h2>")
     p.append(_table(["container", "inodes", "dirtied", "written back", "copy-ups", "syncfs",
                      "wb errors", "waited on others", "made others wait"],
@@ -108,11 +109,11 @@ def _source(rep):
 
 
 def _table(headers, rows) -> str:
-    h = "".join(f"<th>{escape(str(x))}</th>" for x in headers)
+    h = "".join(f"<th>{html_text(str(x))}</th>" for x in headers)
     def td(c) -> str:
         text = str(c)
         left = ' class="t"' if isinstance(c, str) and not text[:1].isdigit() else ""
-        return f"<td{left}>{escape(text)}</td>"
+        return f"<td{left}>{html_text(text)}</td>"
     body = "".join("<tr>" + "".join(td(c) for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{h}</tr>{body}</table>"
 
@@ -133,12 +134,12 @@ def _heatmap(rep) -> str:
                                    f'&#8595;</text>']
     for j, v in enumerate(victims):
         s.append(f'<text x="{left + j * cw + cw / 2}" y="{head - 8}" font-size="12" '
-                 f'text-anchor="middle">{escape(v[:16])}</text>')
+                 f'text-anchor="middle">{html_text(v[:16])}</text>')
     by = {(c["caller"], c["victim"]): c for c in cells}
     for i, c_name in enumerate(callers):
         y = head + i * ch
         s.append(f'<text x="{left - 6}" y="{y + ch / 2 + 4}" font-size="12" '
-                 f'text-anchor="end">{escape(c_name[:18])}</text>')
+                 f'text-anchor="end">{html_text(c_name[:18])}</text>')
         for j, v in enumerate(victims):
             c = by.get((c_name, v))
             x = left + j * cw
@@ -152,7 +153,7 @@ def _heatmap(rep) -> str:
                    f"{int(255 - (255 - b) * level)})"
             ink = "#fff" if level > 0.6 else "#222"
             s.append(f'<rect x="{x}" y="{y}" width="{cw - 2}" height="{ch - 2}" fill="{fill}">'
-                     f'<title>{escape(c_name)} flushed {escape(v)}: {human_bytes(c["bytes"])} in '
+                     f'<title>{html_text(c_name)} flushed {html_text(v)}: {human_bytes(c["bytes"])} in '
                      f'{c["flushes"]} flushes, waited {human_seconds(c["stall_seconds"])}</title></rect>')
             s.append(f'<text x="{x + cw / 2 - 1}" y="{y + 14}" font-size="11" text-anchor="middle" '
                      f'fill="{ink}">{human_bytes(c["bytes"])}</text>')
@@ -166,7 +167,7 @@ def _heatmap(rep) -> str:
 
 def _cgroups(cg) -> str:
     if not cg["containers"]:
-        return f"<p>Not available: {escape(cg.get('note') or '')}</p>"
+        return f"<p>Not available: {html_text(cg.get('note') or '')}</p>"
     rows = []
     for c in cg["containers"]:
         v2, v1 = c["v2"], c["v1"]
@@ -178,7 +179,7 @@ def _cgroups(cg) -> str:
                      human_bytes(v2["wbytes"]) if "wbytes" in v2 else
                      (human_bytes(v1["wbytes"]) + " (v1)" if "wbytes" in v1 else "n/a"),
                      c.get("gap") or "-"])
-    note = f'<p class="muted">Note: {escape(cg["note"])}</p>' if cg.get("note") else ""
+    note = f'<p class="muted">Note: {html_text(cg["note"])}</p>' if cg.get("note") else ""
     return _table(["container", "ovltrace dirtied", "ovltrace written back", "cgroup dirty peak",
                    "cgroup write bytes", "gap"], rows) + note
 
@@ -198,7 +199,7 @@ def _timelines(tl) -> str:
            f'scale {human_bytes(top)}</span></div>']
     for s in tl["series"]:
         svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 16}">',
-               f'<text x="0" y="{height / 2}" font-size="12">{escape(s["name"][:16])}</text>',
+               f'<text x="0" y="{height / 2}" font-size="12">{html_text(s["name"][:16])}</text>',
                f'<line x1="{left}" y1="{height}" x2="{width}" y2="{height}" stroke="#ccc"/>']
         for i in range(n):
             for val, color, off in ((s["bytes_dirtied"][i], DIRTIED, 0),
@@ -213,7 +214,7 @@ def _timelines(tl) -> str:
             x = left + e["t"] / step * bw
             color = ERROR if e["kind"] == "wb_error" else FLUSH
             svg.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height}" stroke="{color}" '
-                       f'stroke-width="1" opacity="0.6"><title>{escape(e["kind"])} at '
+                       f'stroke-width="1" opacity="0.6"><title>{html_text(e["kind"])} at '
                        f'{e["t"]:.2f}s</title></line>')
         svg.append(f'<text x="{left}" y="{height + 13}" font-size="10" fill="#777">0s</text>')
         svg.append(f'<text x="{width}" y="{height + 13}" font-size="10" fill="#777" '

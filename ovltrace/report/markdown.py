@@ -1,10 +1,14 @@
-"""The audit report as Markdown (GitHub tables), for tickets and READMEs."""
+"""The audit report as Markdown (GitHub tables), for tickets, pull
+requests and READMEs: every name and text from the report is escaped
+(untrusted.markdown), so a container cannot add a cell, link, image or tag."""
 from __future__ import annotations
+
+from ..untrusted import markdown
 
 
 def render_markdown(rep: dict) -> str:
     from .table import sections
-    fs = ", ".join(f"`{u['upper_dev']}` {u.get('fstype') or ''}".strip()
+    fs = ", ".join(f"{markdown(u['upper_dev'])} {markdown(u.get('fstype') or '')}".strip()
                    for u in rep["upper_filesystems"]) or "none"
     out = ["# ovltrace audit", "",
            f"{rep['window_seconds']:.1f}s window, {len(rep['overlays'])} containers; "
@@ -14,9 +18,9 @@ def render_markdown(rep: dict) -> str:
     if not rep["findings"]:
         out.append("No findings.")
     for f in rep["findings"]:
-        out.append(f"- **{f['severity'].upper()}: {f['title']}**  ")
-        out.append(f"  {f['detail']}  ")
-        out.append(f"  *Advice:* {f['advice']}")
+        out.append(f"- **{f['severity'].upper()}: {markdown(f['title'])}**  ")
+        out.append(f"  {markdown(f['detail'])}  ")
+        out.append(f"  *Advice:* {markdown(f['advice'])}")
     for title, body in sections(rep, fmt="github", width=40):
         head, _, rest = title.partition(" (")
         out += ["", f"## {head}", ""]
@@ -29,5 +33,6 @@ def render_markdown(rep: dict) -> str:
 def _source(rep: dict) -> str:
     r = rep.get("report") or {}
     if r.get("source") == "recording":
-        return f" (recording from {r.get('host') or '?'}, kernel {r.get('kernel') or '?'})"
+        return (f" (recording from {markdown(r.get('host') or '?')}, kernel "
+                f"{markdown(r.get('kernel') or '?')})")
     return ""

@@ -7,9 +7,13 @@ import textwrap
 from tabulate import tabulate
 
 from ..format import errno_name, human_bytes, human_seconds
+from ..untrusted import markdown, visible
 
 
 def _t(rows, headers, fmt) -> str:
+    """A table; every cell made safe for the format (untrusted.py)."""
+    esc = markdown if fmt == "github" else visible
+    rows = [[esc(c) for c in r] for r in rows]
     if fmt != "simple":
         return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
     # tabulate pads headers by two columns beyond the data; the terminal
@@ -21,7 +25,10 @@ def _t(rows, headers, fmt) -> str:
 
 def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str, str]]:
     """(title, table) pairs shared by the terminal and Markdown views."""
-    cut = (lambda s: s if len(s) <= width else s[: width - 1] + "~")
+    def cut(s: str) -> str:            # names are already terminal-safe display names
+        s = visible(s)
+        return s if len(s) <= width else s[: width - 1] + "~"
+
     out = []
     rows = [[cut(o["name"]) + ("" if o["live"] else "*"), human_bytes(o["bytes_dirtied"]),
              human_bytes(o["bytes_written_back"]),
@@ -48,7 +55,7 @@ def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str,
                     "(STALL = the share of those flushes' time the victim's bytes explain)",
                     _t(rows, ["CALLER", "VICTIM", "BYTES", "FLUSHES", "STALL"], fmt)))
     if rep["worst_flushes"]:
-        rows = [[f["kind"], cut(f["caller"])[:14], f"{f['pid']}/{f['comm'][:10]}",
+        rows = [[f["kind"], cut(f["caller"])[:14], f"{f['pid']}/{visible(f['comm'])[:10]}",
                  human_seconds(f["duration_seconds"]), f["ret"], human_bytes(f["own_bytes"]),
                  human_bytes(f["others_bytes"])] for f in rep["worst_flushes"]]
         out.append((f"Worst flushes ({len(rep['flushes'])} in all)",
@@ -101,6 +108,7 @@ def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str,
 
 
 def _tail(path: str, width: int) -> str:
+    path = visible(path)
     return path if len(path) <= width else "~" + path[-(width - 1):]
 
 
@@ -113,16 +121,16 @@ def render_table(rep: dict) -> str:
     if rep["findings"]:
         out += ["", f"Findings ({len(rep['findings'])})"]
         for f in rep["findings"]:
-            out += _wrap(f"  [{f['severity'].upper()}] {f['title']}", indent="    ")
-            out += _wrap(f"    {f['detail']}")
-            out += _wrap(f"    advice: {f['advice']}")
+            out += _wrap(f"  [{f['severity'].upper()}] {visible(f['title'])}", indent="    ")
+            out += _wrap(f"    {visible(f['detail'])}")
+            out += _wrap(f"    advice: {visible(f['advice'])}")
     for title, body in sections(rep, width=width):
         lines = []
         for line in body.split("\n"):
             prose = line.startswith(("note: ", "not available: "))
             lines += _wrap(line, indent="  ") if prose else [line]
         out += ["", *_wrap(title, indent=""), *lines]
-    return "\n".join(out)
+    return "\n".join(visible(line) for line in out)     # nothing raw reaches the terminal
 
 
 def _wrap(text: str, width: int = 79, indent: str = "      ") -> list[str]:

@@ -36,6 +36,7 @@ from .. import analysis
 from ..counters import COUNTERS, Counters
 from ..format import errno_name, short_name
 from ..model import Cursor, Delta, Model
+from ..untrusted import label
 from .metrics import (COPY_UP_BUCKETS, DEFAULT_LABELS, DURATION_BUCKETS, FAMILIES, OTHER,
                       OVERLAY_LABELS, PAIR_LABELS)
 
@@ -138,7 +139,9 @@ class OverlayCollector:
         }
 
     def _ls(self, values: dict[str, str]) -> tuple:
-        return tuple(values.get(l, "") for l in self.config.labels)
+        """Label values in --labels order, each made safe (untrusted.label:
+        control characters shown, at most LABEL_MAX characters)."""
+        return tuple(label(values.get(l, "")) for l in self.config.labels)
 
     def _other_ls(self, upper_dev: str | None) -> tuple:
         return self._ls({"container": OTHER, "device": self._device(upper_dev)})
@@ -284,7 +287,7 @@ class OverlayCollector:
                            "namespace": c.namespace or "", "runtime": c.runtime,
                            "device": self._device(f.upper_dev)}) + ("",)
         else:
-            ls = self._ls({"device": self._device(f.upper_dev)}) + (f.comm,)
+            ls = self._ls({"device": self._device(f.upper_dev)}) + (label(f.comm),)
         if ls not in self.extra_callers:
             if len(self.extra_callers) >= self.config.top_n:
                 return self._other_ls(f.upper_dev) + ("",)

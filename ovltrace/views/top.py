@@ -15,6 +15,7 @@ from .. import analysis
 from ..counters import Counters
 from ..format import display_name, errno_name, human_bytes, human_seconds
 from ..model import Flush, Model, OverlayMeta
+from ..untrusted import visible
 
 STALL_WINDOW = 60.0      # seconds of flushes behind STALL99 and OTHERS
 MIN_WIDTH, MIN_HEIGHT = 40, 8
@@ -169,7 +170,7 @@ def build_error_log(snap) -> ErrorLog:
                                  f"{inodes} inode{'s' if inodes != 1 else ''}"))
     for e in errs.returned:
         events.append((e.t, f"RETURN {nm(e.key)}: {e.call} -> {errno_name(e.errno)} "
-                            f"({e.pid}/{e.comm})"))
+                            f"({e.pid}/{visible(e.comm)})"))
     events.sort(key=lambda ev: -ev[0])
     leaks = list(dict.fromkeys(
         f"LEAK: {nm(l.victim)} got {errno_name(l.errno)} from {l.call}; "
@@ -385,7 +386,7 @@ def title_line(data: TopData, state: UIState, width: int) -> str:
 def fs_lines(data: TopData, width: int, limit: int = 2) -> list[str]:
     out = []
     for s in sorted(data.fs, key=lambda s: -s.overlays)[:limit]:
-        where = s.mountpoint or "?"
+        where = visible(s.mountpoint) or "?"
         head = f"{s.upper_dev} {s.fstype} ".replace("  ", " ")
         stats = (f" dirty {s.dirty_inodes} inodes"
                  f"  wb {_rate_bytes(s.wb_rate)}/s  syncfs {_rate(s.syncfs_rate)}/s  err {s.errors}")
@@ -477,7 +478,9 @@ def render(data: TopData, state: UIState, width: int = 80, height: int = 24) -> 
         footer = FOOTERS.get(state.screen, "")
     lines.append(_fit(footer, width))
     styles[len(lines) - 1] = "header"
-    return Screen([_fit(l, width) for l in lines], styles)
+    # names were made terminal-safe where they are formatted; this pass
+    # keeps anything missed from reaching the terminal raw
+    return Screen([_fit(visible(l), width) for l in lines], styles)
 
 
 def _main(data: TopData, state: UIState, width: int, height: int):
@@ -530,7 +533,7 @@ def flush_line(data: TopData, f: Flush, width: int) -> str:
     ago = data.t - f.end
     caller = _name(data.metas, data.interference.caller(f), 10, data.flushes)
     ret = "ok" if f.ret >= 0 else errno_name(-f.ret)
-    head = (f"{-ago:6.1f}s {f.kind:<6} {caller:<10} {f'{f.pid}/{f.comm}'[:13]:<13} "
+    head = (f"{-ago:6.1f}s {f.kind:<6} {caller:<10} {f'{f.pid}/{visible(f.comm)}'[:13]:<13} "
             f"{human_seconds(f.duration):>7} {ret:<3} ")
     return head + _victims(data, f, max(10, width - len(head)))
 
@@ -614,10 +617,11 @@ def _detail(data: TopData, state: UIState, width: int, height: int):
         return _fit(f"{k:<13} {v}", width)
 
     lines = [kv("NAME", display_name(m, w) + ("" if r.live else "  (unmounted)")),
-             kv("mountpoint", _fit(m.mountpoint, w)),
-             kv("container", f"{m.container.runtime} {m.container.id[:12]} {m.container.name}"
+             kv("mountpoint", _fit(visible(m.mountpoint), w)),
+             kv("container", visible(f"{m.container.runtime} {m.container.id[:12]} "
+                                     f"{m.container.name}")
                 if m.container else "- (no known container)"),
-             kv("upperdir", _fit(m.upperdir or "-", w)),
+             kv("upperdir", _fit(visible(m.upperdir or "-"), w)),
              kv("upper fs", f"{m.upper_dev} {m.fstype or ''}"),
              kv("now", f"{r.dirty_inodes} dirty inodes; dirtied {_rate_bytes(r.dirtied_rate)}/s, "
                        f"written back {_rate_bytes(r.written_rate)}/s"),
@@ -708,5 +712,5 @@ def render_batch(data: TopData, state: UIState, width: int = 80) -> str:
     if data.errlog and (data.errlog.leaks or data.errlog.losses):
         out.append("")
         out += data.errlog.leaks + data.errlog.losses
-    return "\n".join(out) + "\n"
+    return "\n".join(visible(line) for line in out) + "\n"
 
