@@ -1,4 +1,4 @@
-"""Text a container controls, made inert for each output: the one place.
+r"""Text a container controls, made inert for each output: the one place.
 
 Process names (any process sets its comm with prctl(PR_SET_NAME)), file
 names inside a container's upper dir, mountpoints, container, pod and
