@@ -1,8 +1,9 @@
 # ovltrace: everything a fresh Debian/Ubuntu machine needs, as root.
 #   make setup   ./.venv (distro python3 + system site packages for bcc)
 #   make demo    sandbox containers + live audit
-#   make test    every test: unit, live on this kernel, and the function
-#                hooks in a Debian kernel under QEMU (test-vm)
+#   make test    every test: unit, live on this kernel, the mutation check
+#                (planted bugs the suite must catch), and the function hooks
+#                in a Debian kernel under QEMU (test-vm)
 PY        ?= /usr/bin/python3
 VENV      := .venv
 APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
@@ -10,7 +11,11 @@ APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
 APT_TEST  := tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
 APT_VM    := qemu-system-x86 linux-image-amd64 linux-headers-amd64
 
-.PHONY: setup setup-test setup-vm demo test test-host test-vm bench clean
+.PHONY: setup setup-test setup-vm demo test test-host test-vm mutate bench clean root
+
+# everything here mounts filesystems or loads BPF: say so once, plainly
+root:
+	@[ "$$(id -u)" = 0 ] || { echo "make: needs root (it installs packages, mounts filesystems and loads BPF): sudo make $(MAKECMDGOALS)"; exit 1; }
 
 # install the named Debian packages that are missing (apt-get update once)
 define apt_missing
@@ -22,7 +27,7 @@ define apt_missing
 	fi
 endef
 
-setup: $(VENV)/.setup-done
+setup: root $(VENV)/.setup-done
 
 $(VENV)/.setup-done: pyproject.toml
 	$(call apt_missing,$(APT_RUN))
@@ -41,10 +46,13 @@ setup-vm: setup
 demo: setup
 	$(VENV)/bin/ovltrace demo
 
-test: test-host test-vm
+test: test-host mutate test-vm
 
 test-host: setup-test
 	$(VENV)/bin/python -m pytest tests
+
+mutate: setup-test
+	$(VENV)/bin/python tests/mutate.py
 
 test-vm: setup-test setup-vm
 	tests/vm/run

@@ -18,12 +18,13 @@ OVLTRACE = [sys.executable, "-m", "ovltrace.cli"]
 BANNER = "ovltrace: tracing"
 
 
-def pytest_collection_modifyitems(config, items):
-    # Live tests need root; failing loudly beats skipping silently.
-    if os.geteuid() != 0:
-        for item in items:
-            if "live" in item.keywords:
-                item.add_marker(pytest.mark.xfail(reason="live tests need root", run=False, strict=True))
+@pytest.fixture(autouse=True)
+def _live_needs_root(request):
+    """A live test without root fails, saying why: it never passes, skips
+    or xfails silently with no BPF loaded."""
+    if request.node.get_closest_marker("live") and os.geteuid() != 0:
+        pytest.fail("live tests need root: they load BPF and mount filesystems "
+                    "(sudo make test)", pytrace=False)
 
 
 class Trace:

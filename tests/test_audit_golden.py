@@ -62,6 +62,29 @@ def test_json_validates_and_has_findings(reports, name):
     assert rep["report"]["source"] == "recording"
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_golden_agrees_with_its_scenario(reports, name):
+    """The truth each scenario measured on its own (make_golden.py), exact."""
+    sys.path.insert(0, str(DATA))
+    from make_golden import check_against_truth
+    truth = json.loads((DATA / f"{name}.truth.json").read_text())
+    assert check_against_truth(reports[name], truth) == []
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_golden_is_not_older_than_the_schema(name):
+    """Re-make the goldens (tests/data/make_golden.py) when the counters or
+    the recording format change: old files would test old behaviour."""
+    from ovltrace.counters import COUNTERS
+    from ovltrace.recording import VERSION
+    with gzip.open(DATA / f"{name}.jsonl.gz", "rt") as f:
+        header = json.loads(f.readline())
+        counters = [json.loads(line) for line in f if '"type":"counters"' in line]
+    assert header["version"] == VERSION
+    assert counters and all(len(v) == len(COUNTERS) for rec in counters
+                            for v in rec["values"].values())
+
+
 def test_schema_itself_is_valid():
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""`make mutate`: plant known bugs, one at a time, and require the suite
+to catch each.  A suite that stays green with a bug planted cannot be
+trusted with the numbers it checks.
+
+Each mutant is one exact text replacement in a copy of the tree (never
+in the working tree), run against only the tests that can see it, so the
+whole check takes minutes.  It prints which tests caught which mutant
+and ends with `K/N mutants killed`; the exit status is 0 only if K = N.
+A mutant whose text no longer applies is an error: the list must follow
+the code.
+
+    sudo .venv/bin/python tests/mutate.py            # every mutant
+    sudo .venv/bin/python tests/mutate.py -k folio   # those whose name matches
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".hypothesis", ".pytest_cache",
+                              "*.pyc", "*.egg-info", "build")
+
+
+@dataclass
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: list[str]
+
+
+MUTANTS = [
+    Mutant("replay doubles every counter", "ovltrace/recording.py",
+           "values = {k: Counters.from_values(v) for k, v in rec[\"values\"].items()}",
+           "values = {k: Counters.from_values(v) + Counters.from_values(v)"
+           " for k, v in rec[\"values\"].items()}",
+           ["tests/test_recording.py"]),
+    Mutant("a flush drops a victim", "ovltrace/session.py",
+           "vs = [Victim(self.by_slotgen[k], b) for k, b in victims.items() if k in self.by_slotgen]",
+           "vs = [Victim(self.by_slotgen[k], b) for k, b in victims.items()"
+           " if k in self.by_slotgen][1:]",
+           ["tests/test_live_core.py::test_syncfs_interference",
+            "tests/test_one_truth_live.py"]),
+    Mutant("two containers' bytes swapped", "ovltrace/session.py",
+           "self.model.counters(now, {self.watched[s].key: c for s, c in stats.items()},",
+           "self.model.counters(now, dict(zip([self.watched[s].key for s in stats][::-1],"
+           " stats.values())),",
+           ["tests/test_live_core.py::test_attribution_three_overlays"]),
+    Mutant("the last flush is lost", "ovltrace/session.py",
+           "            self.sample()\n            self._finish_flushes(final=True)",
+           "            self.sample()",
+           ["tests/test_live_core.py::test_unmount_flushes_the_neighbours"]),
+    Mutant("a returned errno mis-signed", "ovltrace/analysis.py",
+           "ErrorReturned(f.end, f.target, \"syncfs\", -f.ret, f.pid, f.comm)",
+           "ErrorReturned(f.end, f.target, \"syncfs\", f.ret, f.pid, f.comm)",
+           ["tests/test_model.py", "tests/test_live_errors.py"]),
+    Mutant("a large folio counted as one page", "bpf/ovltrace.bpf.c",
+           "bytes = K_PAGE_SIZE << (f.w[OFF_folio__flags_1 / 8] & 0xff);",
+           "bytes = K_PAGE_SIZE;",
+           ["tests/test_live_core.py::test_attribution_three_overlays"]),
+    Mutant("a workdir file charged to the upper fs", "bpf/ovltrace.bpf.c",
+           "\t\t\to->role = dv->role;\n\t\t\tfound = 1;",
+           "\t\t\to->role = dv->role;\n\t\t\tif (dv->role == ROLE_WORK) {"
+           " struct slot_ref *r = upper_devs.lookup(&dev); if (r) { o->slot = r->slot;"
+           " o->gen = r->gen; o->role = ROLE_FS; } }\n\t\t\tfound = 1;",
+           ["tests/test_live_core.py::test_copy_up_of_big_lower_file"]),
+    Mutant("stall counts a flush's whole duration per victim", "ovltrace/views/exporter.py",
+           "            m[1] += s.seconds", "            m[1] += f.duration",
+           ["tests/test_exporter.py", "tests/test_one_truth_live.py"]),
+    Mutant("Markdown lets a pipe through", "ovltrace/untrusted.py",
+           r'_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")',
+           r'_MD_SPECIAL = re.compile(r"([\\`*_\[\]~])")',
+           ["tests/test_untrusted.py"]),
+]
+
+
+def copy_tree(dst: Path) -> None:
+    shutil.copytree(ROOT, dst, ignore=SKIP)
+
+
+def apply(tree: Path, m: Mutant) -> None:
+    path = tree / m.file
+    text = path.read_text()
+    n = text.count(m.old)
+    if n != 1:
+        raise SystemExit(f"mutate: mutant {m.name!r} does not apply: its text occurs {n} times "
+                         f"in {m.file} (update tests/mutate.py with the code)")
+    path.write_text(text.replace(m.old, m.new))
+
+
+def run(tree: Path, tests: list[str]) -> tuple[bool, list[str], float]:
+    """Run tests in a copy of the tree; (any failed, failed tests, seconds)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-o", "addopts=", "-rf", *tests], cwd=tree, env=env,
+                       capture_output=True, text=True, timeout=900)
+    failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", r.stdout, re.M)))
+    return r.returncode != 0, failed, time.monotonic() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-k", default="", help="only mutants whose name contains this")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("mutate: needs root (the live tests load BPF and mount filesystems)")
+        return 1
+    chosen = [m for m in MUTANTS if a.k in m.name]
+    killed = 0
+    with tempfile.TemporaryDirectory(prefix="ovltrace-mutate.") as tmp:
+        base = Path(tmp) / "clean"
+        copy_tree(base)
+        # unmutated, the same tests must pass: a failure below is the mutant's
+        union = sorted({t for m in chosen for t in m.tests})
+        bad, failed, secs = run(base, union)
+        if bad:
+            print(f"mutate: the unmutated copy fails {', '.join(failed) or 'to run'}: "
+                  "fix the suite first")
+            return 1
+        print(f"unmutated: {len(union)} test selections pass ({secs:.0f}s)", flush=True)
+        for m in chosen:
+            tree = Path(tmp) / "mutant"
+            shutil.copytree(base, tree)
+            try:
+                apply(tree, m)
+                dead, failed, secs = run(tree, m.tests)
+            finally:
+                shutil.rmtree(tree, ignore_errors=True)
+            killed += dead
+            caught = ", ".join(f.split("::")[-1] for f in failed) or "-"
+            print(f"{'killed' if dead else 'SURVIVED'}  {m.name} ({secs:.0f}s): caught by {caught}",
+                  flush=True)
+    print(f"{killed}/{len(chosen)} mutants killed")
+    return 0 if killed == len(chosen) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
