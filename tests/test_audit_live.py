@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -26,12 +27,17 @@ def test_live_audit_findings_and_cgroups(sandbox):
     nbr, bulk = sandbox.add_overlay("nbr"), sandbox.add_overlay("bulk")
     for name in ("nbr", "bulk"):
         sandbox.in_cgroup(name)
-    t = Trace(["audit", "--format", "json", "-d", "4s", "--fail-on", "leak,silent-loss",
+    t = Trace(["audit", "--format", "json", "-d", "600s", "--fail-on", "leak,silent-loss",
                "--overlay", nbr.mountpoint, "--overlay", bulk.mountpoint])
     t.wait_attached()
     workloads.bulk_writer(sandbox, bulk, total_mb=48, duration=5)
-    time.sleep(0.5)
-    workloads.syncfs_neighbour(sandbox, nbr, interval=0.3, duration=5)
+    end = time.monotonic() + 30
+    while not (os.path.exists(f"{bulk.upperdir}/bulk.dat")
+               and os.path.getsize(f"{bulk.upperdir}/bulk.dat") == 48 << 20):
+        assert time.monotonic() < end, "the bulk writer did not write its 48 MiB"
+        time.sleep(0.1)
+    workloads.syncfs_neighbour(sandbox, nbr, interval=0.3, duration=2).wait(30)
+    t.signal(signal.SIGINT)                 # end on the work, not on a clock
     rc, out = t.finish()
     assert rc == 0, t.stderr
     rep = json.loads(out)
@@ -39,7 +45,8 @@ def test_live_audit_findings_and_cgroups(sandbox):
     ids = {f["id"] for f in rep["findings"]}
     assert "syncfs-flushes-others" in ids, rep["findings"]
     cells = {(c["caller"], c["victim"]): c["bytes"] for c in rep["interference"]}
-    assert cells.get(("nbr", "bulk"), 0) >= 32 << 20
+    # the neighbour's syncfs wrote back all of bulk's data, exactly
+    assert cells.get(("nbr", "bulk"), 0) == 48 << 20
     # each workload's own cgroup2 dir was found and read
     cg = {c["name"]: c for c in rep["cgroup_accounting"]["containers"]}
     for name in ("nbr", "bulk"):
@@ -48,6 +55,14 @@ def test_live_audit_findings_and_cgroups(sandbox):
         # either the controller is there and read, or it is named as missing
         assert ("wbytes" in v2) != ("io" in v2["missing"])
         assert ("file_dirty_peak" in v2) != ("memory" in v2["missing"])
+    # beside the kernel's accounting, ovltrace's own figures for the same cgroup
+    assert cg["bulk"]["ovltrace_bytes_dirtied"] == 48 << 20
+    assert cg["bulk"]["ovltrace_bytes_written_back"] == 48 << 20
+    assert cg["nbr"]["ovltrace_bytes_dirtied"] == by_name(rep, "nbr")["bytes_dirtied"]
+
+
+def by_name(rep: dict, name: str) -> dict:
+    return {o["name"]: o for o in rep["overlays"]}[name]
 
 
 def test_record_then_audit_elsewhere_shows_loss_with_paths(tmp_path):

@@ -4,7 +4,9 @@ handed the EIO, B is told nothing until it fsyncs."""
 from __future__ import annotations
 
 import json
+import re
 import signal
+import subprocess
 
 import pytest
 
@@ -16,8 +18,20 @@ pytestmark = pytest.mark.live
 
 def test_error_leak_and_silent_loss():
     traces = {}
+    counter: list[subprocess.Popen] = []
 
     def start(sb, a, b):
+        # an independent count of the same kernel events, per inode
+        major, minor = (int(x) for x in sb.upper_dev.split(":"))
+        bt = subprocess.Popen(
+            ["bpftrace", "-e", 'BEGIN { printf("ready\\n"); } '
+                               "tracepoint:filemap:filemap_set_wb_err "
+                               f"/args->s_dev == {(major << 20) | minor}/ "
+                               "{ @n[args->i_ino] = count(); }"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = [bt.stdout.readline() for _ in range(2)]
+        assert "ready" in lines[-1], "".join(lines) + bt.stderr.read()
+        counter.append(bt)
         args = ["audit", "--format", "json", "-d", "300s", "--overlay", a.mountpoint,
                 "--overlay", b.mountpoint]
         # two instances at once: one ends before B's fsync, one after
@@ -31,7 +45,14 @@ def test_error_leak_and_silent_loss():
         traces["before_fsync"].signal(signal.SIGINT)
         traces["before_fsync_result"] = traces["before_fsync"].finish()
 
-    res = error_leak_scenario(before_writes=start, before_fsync=stop_first)
+    try:
+        res = error_leak_scenario(before_writes=start, before_fsync=stop_first)
+    finally:
+        bt_out = ""
+        for bt in counter:
+            bt.send_signal(signal.SIGINT)
+            bt_out, _ = bt.communicate(timeout=30)
+    kernel = {int(i): int(n) for i, n in re.findall(r"@n\[(\d+)\]: (\d+)", bt_out)}
     traces["whole"].signal(signal.SIGINT)
     rc, out = traces["whole"].finish()
     assert rc == 0, traces["whole"].stderr
@@ -46,7 +67,9 @@ def test_error_leak_and_silent_loss():
 
     for rep in (early, whole):
         rb, ra = by_mountpoint(rep, b), by_mountpoint(rep, a)
-        assert rb["writeback_errors"] > 0
+        # exactly the kernel's count for B's file, nothing charged to A
+        assert kernel.get(res.b_ino, 0) > 0, kernel
+        assert rb["writeback_errors"] == kernel[res.b_ino]
         assert ra["writeback_errors"] == 0
         errs = [e for e in rep["writeback_errors"] if e["overlay"] == b]
         assert errs and all(e["errno"] in (5, 28) for e in errs)

@@ -2,14 +2,17 @@
 exits, however it exits; bad input gives one line and a non-zero exit."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
-from conftest import OVLTRACE, ROOT, Trace, our_bpf_programs
+from conftest import OVLTRACE, ROOT, Trace, by_mountpoint, our_bpf_programs, write_file
 
 pytestmark = pytest.mark.live
 
@@ -115,9 +118,11 @@ def test_ebpf_prints_the_program():
     assert "#define OFF_inode_i_sb" in r.stdout
 
 
-@pytest.mark.parametrize("command", [["audit", "-d", "120s"], ["exporter", "--web.listen-address", "127.0.0.1:0"]])
-def test_sighup_reloads_and_keeps_tracing(command):
-    t = Trace(command)
+@pytest.mark.parametrize("command", [["audit", "-d", "120s", "--format", "json"],
+                                     ["exporter", "--web.listen-address", "127.0.0.1:0"]])
+def test_sighup_reloads_and_keeps_tracing(command, sandbox):
+    ov = sandbox.add_overlay("hup")
+    t = Trace(command + ["--overlay", ov.mountpoint])
     t.wait_attached()
     t.signal(signal.SIGHUP)
     end = time.monotonic() + 10
@@ -126,8 +131,21 @@ def test_sighup_reloads_and_keeps_tracing(command):
     assert any("reloaded" in l for l in t.stderr_lines), t.stderr
     assert t.proc.poll() is None                 # still running
     assert our_bpf_programs()
+    # ...and still tracing: a write after the reload is counted, exactly
+    write_file(f"{ov.mountpoint}/after-hup", 1 << 20)
+    time.sleep(1.0)                              # counters are sampled twice a second
+    if command[0] == "exporter":
+        url = next(re.search(r"(http://\S+/metrics)", l).group(1) for l in t.stderr_lines
+                   if "serving metrics" in l)
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        dirtied = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("ovltrace_overlay_dirtied_bytes_total{")
+                   and f'mountpoint="{ov.mountpoint}"' in line]
+        assert dirtied == [1 << 20], dirtied
     t.signal(signal.SIGTERM)
-    rc, _ = t.finish()
+    rc, out = t.finish()
     assert rc == 0, t.stderr
+    if command[0] == "audit":
+        assert by_mountpoint(json.loads(out), ov.mountpoint)["bytes_dirtied"] == 1 << 20
     assert _wait_gone() == []
 

@@ -1,19 +1,25 @@
-"""One truth, live: `ovltrace audit --format json`, `ovltrace top -b` and
-the exporter's /metrics, three independent ovltrace processes on the same
-real workload, give the same per-pair bytes and stall seconds, and the
-bytes are what the workload wrote."""
+"""One truth, live: `ovltrace audit --format json`, `ovltrace top -b`,
+the exporter's /metrics and a recording (rendered as table, Markdown and
+HTML as Chromium parses it), four independent ovltrace processes on the
+same real workload, give the same per-pair bytes and stall seconds, and
+the bytes are what the workload wrote."""
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Trace, write_file
+from conftest import ROOT, Trace, write_file
+from ovltrace.format import human_bytes, human_seconds
 from ovltrace.workloads import syncfs
 
 pytestmark = pytest.mark.live
@@ -58,14 +64,23 @@ def metric_pairs(text: str) -> dict[tuple[str, str], list]:
     return {k: (int(b), int(n), s) for k, (b, n, s) in out.items()}
 
 
-def test_audit_top_and_metrics_agree(sandbox):
+def from_recording(rec: str, fmt: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "ovltrace.cli", "audit", "--from", rec,
+                        "--format", fmt], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_every_output_agrees(sandbox, tmp_path):
     ovs = {n: sandbox.add_overlay(n) for n in ("syncer", "batch", "cache")}
     only = [a for ov in ovs.values() for a in ("--overlay", ov.mountpoint)]
     port = free_port()
     audit = Trace(["audit", "--format", "json", "-d", "600s"] + only)
     top = Trace(["top", "-b", "-d", "0.5"] + only)
     exporter = Trace(["exporter", "--web.listen-address", f"127.0.0.1:{port}"] + only)
-    procs = (audit, top, exporter)
+    rec = str(tmp_path / "rec.jsonl.gz")
+    record = Trace(["record", "-o", rec] + only)
+    procs = (audit, top, exporter, record)
     try:
         for p in procs:
             p.wait_attached(120)
@@ -84,7 +99,6 @@ def test_audit_top_and_metrics_agree(sandbox):
     for p, (rc, _out) in zip(procs, results):
         assert rc == 0 and "Traceback" not in p.stderr, (p.args, rc, p.stderr)
 
-    import json
     rep = json.loads(results[0][1])
     from_audit = {(c["caller"], c["victim"]): (c["bytes"], c["flushes"], c["stall_seconds"])
                   for c in rep["interference"]}
@@ -108,6 +122,31 @@ def test_audit_top_and_metrics_agree(sandbox):
         ("syncer", v) for v in WRITTEN}
     # shares add up to the flush's duration, not to N times it
     assert sum(v[2] for v in from_audit.values()) <= duration + 1e-6
+    # the recording, in every report format, against the same truth
+    replayed = json.loads(from_recording(rec, "json"))
+    from_rec = {(c["caller"], c["victim"]): (c["bytes"], c["flushes"], c["stall_seconds"])
+                for c in replayed["interference"]}
+    assert set(from_rec) == set(from_audit)
+    table, md = from_recording(rec, "table"), from_recording(rec, "markdown")
+    page = tmp_path / "r.html"
+    page.write_text(from_recording(rec, "html"))
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is not installed (apt-get install chromium)"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'ud'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    dom = re.sub(r'<script type="application/json".*?</script>', "", dom, flags=re.S)
+    for (caller, victim), (b, n, stall_s) in from_rec.items():
+        assert (b, n) == (WRITTEN[victim], 1)
+        assert stall_s == pytest.approx(from_audit[(caller, victim)][2], abs=CLOCK_SLACK)
+        shown = (human_bytes(b), human_seconds(stall_s))
+        assert re.search(rf"^{caller}\s+{victim}\s+{re.escape(shown[0])}\s+1\s+"
+                         rf"{re.escape(shown[1])}$", table, re.M), table
+        assert re.search(rf"^\| {caller}\s+\| {victim}\s+\| {re.escape(shown[0])}\s+\| 1\s+"
+                         rf"\| {re.escape(shown[1])}\s+\|$", md, re.M), md
+        assert (f"{caller} flushed {victim}: {shown[0]} in 1 flushes, waited {shown[1]}"
+                in dom), "the HTML heat map as the browser has it"
+
     stall = {s["name"]: s for s in rep["stall_by_container"]}
     assert stall["syncer"]["waited_on_others_seconds"] == pytest.approx(
         sum(v[2] for v in from_audit.values()), abs=1e-5)
