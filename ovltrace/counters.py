@@ -10,7 +10,7 @@ per-overlay metric families.  tests/test_counters.py fails on any drift.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
 
 
 @dataclass(frozen=True)
@@ -133,5 +133,13 @@ Counters = make_dataclass(
 Counters.__module__ = __name__
 
 
-def counter_names() -> list[str]:
-    return [f.name for f in fields(Counters)]
+def bpf_members() -> list[tuple[str, int]]:
+    """(member of struct ovl_stats, array length or 0) the schema reads."""
+    out: list[tuple[str, int]] = []
+    for d in COUNTERS:
+        n = d.length or (d.index + 1 if d.index is not None else 0)
+        if out and out[-1][0] == d.member:
+            out[-1] = (d.member, max(out[-1][1], n))
+        else:
+            out.append((d.member, n))
+    return out

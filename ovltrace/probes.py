@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import bpfdefs
-from .counters import COUNTERS, Counters
+from .counters import COUNTERS, Counters, bpf_members
 from .errors import OvltraceError
 from .kernel.btf import BTF, BTFError
 from .kernel.headers import HeaderError, build_tree, remove_tree
@@ -517,15 +517,8 @@ def check_stats_layout(leaf) -> None:
     """The compiled struct ovl_stats (bpf/ovltrace.h) must hold exactly the
     members counters.COUNTERS reads (by name, so order is free): a C change
     not made in the schema (or the reverse) stops here, not in a wrong number."""
-    want: list[tuple[str, int]] = []
-    for d in COUNTERS:
-        n = d.length or (d.index + 1 if d.index is not None else 0)
-        if want and want[-1][0] == d.member:
-            want[-1] = (d.member, max(want[-1][1], n))
-        else:
-            want.append((d.member, n))
+    want = sorted(bpf_members())
     have = sorted((name, getattr(t, "_length_", 0)) for name, t in leaf._fields_)
-    want.sort()
     if have != want:
         raise OvltraceError("struct ovl_stats in bpf/ovltrace.h and ovltrace/counters.py "
                             f"disagree: C has {have}, the schema {want}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ovltrace import bpfdefs
-from ovltrace.counters import COUNTER_FIELDS, COUNTERS, Counters
+from ovltrace.counters import COUNTER_FIELDS, COUNTERS, Counters, bpf_members
 from ovltrace.errors import OvltraceError
 from ovltrace.probes import check_stats_layout
 from ovltrace.report.build import counter_json
@@ -56,14 +56,7 @@ def c_struct_members() -> list[tuple[str, int]]:
 
 
 def schema_members() -> list[tuple[str, int]]:
-    out: list[tuple[str, int]] = []
-    for d in COUNTERS:
-        n = d.length or (d.index + 1 if d.index is not None else 0)
-        if out and out[-1][0] == d.member:
-            out[-1] = (d.member, max(out[-1][1], n))
-        else:
-            out.append((d.member, n))
-    return out
+    return bpf_members()
 
 
 def test_c_struct_is_the_schema():
