@@ -200,47 +200,71 @@ class Session:
 
     def reload(self) -> None:
         """SIGHUP: read everything userspace knows again."""
-        with self.lock:
-            self.resolver.refresh()
-            self.cgroups = CgroupIds()
-            self.refresh_mounts()
+        self.cgroups = CgroupIds()
+        self.refresh_mounts()
 
     def refresh_mounts(self) -> None:
+        changes = self._read_mounts()
+        with self.lock:
+            self._apply(*changes)
+
+    def _read_mounts(self) -> tuple[list[Overlay], list[Overlay]]:
+        """Container state and mount tables read again (I/O: no lock held)."""
         t = time.monotonic()
         self.resolver.refresh()
         added, removed = self.mounts.refresh()
-        self._apply(added, removed)
         self.refresh_seconds = time.monotonic() - t
+        return added, removed
 
     # ---- the loop ------------------------------------------------------------
+    # Only this thread changes the model, and it holds the lock only while it
+    # does: mount discovery, BPF map reads and cgroup scans happen before,
+    # so a scrape (which takes the lock to copy what is new) never waits
+    # behind them.
     def step(self, timeout: float = 0.1) -> None:
         """Poll events for up to `timeout`, then bring the model up to date."""
         events = self.probes.poll(int(timeout * 1000))
+        changes = sample = None
+        if self._mounts_changed() or \
+                time.monotonic() - self._last_refresh >= self.refresh_interval:
+            self._last_refresh = time.monotonic()
+            changes = self._read_mounts()
+        if time.monotonic() - self._last_sample >= self.sample_interval:
+            sample = self._read_sample(final=False)
         with self.lock:
             for ev in events:
                 self._on_event(ev)
-            if self._mounts_changed() or \
-                    time.monotonic() - self._last_refresh >= self.refresh_interval:
-                self._last_refresh = time.monotonic()
-                self.refresh_mounts()
+            if changes is not None:
+                self._apply(*changes)
                 self._expire()
                 if self.retention:
                     # flushes (each with its victims) and errors are only
                     # needed until views have consumed them
                     self.model.prune(self.now() - self.retention,
                                      self.now() - min(self.retention, RECORD_RETENTION))
-            if time.monotonic() - self._last_sample >= self.sample_interval:
-                self.sample()
+            if sample is not None:
+                self._store_sample(sample)
 
     def sample(self) -> None:
+        sample = self._read_sample(final=False)
+        with self.lock:
+            self._store_sample(sample)
+
+    def _read_sample(self, final: bool) -> tuple:
+        """Counters, dirty inodes, finished flushes, self figures: read from
+        the maps without the lock."""
         self._last_sample = time.monotonic()
         now = self.now()
-        slots = list(self.watched)
-        stats = self.probes.read_stats(slots)
-        self.model.counters(now, {self.watched[s].key: c for s, c in stats.items()},
-                            self._dirty_now())
-        self._finish_flushes(final=False)
-        self.model.set_self_stats(now, self.self_stats())
+        stats = self.probes.read_stats(list(self.watched))
+        counters = {self.watched[s].key: c for s, c in stats.items()}
+        return now, counters, self._dirty_now(), self._ready_flushes(final), self.self_stats()
+
+    def _store_sample(self, sample: tuple) -> None:
+        now, counters, dirty, flushes, stats = sample
+        self.model.counters(now, counters, dirty)
+        for f in flushes:
+            self.model.flush(f)
+        self.model.set_self_stats(now, stats)
         self.model.tick(now)
 
     def finish(self) -> Model:
@@ -249,8 +273,9 @@ class Session:
         with self.lock:
             for ev in events:
                 self._on_event(ev)
-            self.sample()
-            self._finish_flushes(final=True)
+        sample = self._read_sample(final=True)
+        with self.lock:
+            self._store_sample(sample)
         return self.model
 
     def _dirty_now(self) -> dict[str, int]:
@@ -292,11 +317,12 @@ class Session:
                                                     bpfdefs.RET_KINDS.get(ev.kind, "?"),
                                                     ev.err, ev.pid, ev.comm))
 
-    def _finish_flushes(self, final: bool) -> None:
-        """syncfs/sync are complete at syscall exit.  An umount's flush runs
-        after it (task work), so it is closed once its writeback went quiet."""
+    def _ready_flushes(self, final: bool) -> list[Flush]:
+        """The flushes that are complete.  syncfs/sync are at syscall exit; an
+        umount's flush runs after it (task work), so it is closed once its
+        writeback went quiet (or at the end: final)."""
         if not self.pending:
-            return
+            return []
         tail = self.probes.limits.umount_tail_ms / 1000
         ready, waiting = [], []
         now_k = time.monotonic_ns()
@@ -310,7 +336,8 @@ class Session:
             ready.append(p)
         self.pending = waiting
         if not ready:
-            return
+            return []
+        out = []
         victims = self.probes.take_victims({p.ev.flush_id for p in ready})
         for p in ready:
             ev = p.ev
@@ -323,7 +350,8 @@ class Session:
                 self.probes.forget_flush(ev.flush_id, ev.tid)
             f = self._flush(ev, p.target, end_ns, victims.get(ev.flush_id, {}))
             if f is not None:
-                self.model.flush(f)
+                out.append(f)
+        return out
 
     def _flush_target(self, ev: RawEvent) -> _Watched | None:
         """The overlay a syncfs (by its fd's device) or an umount (by its

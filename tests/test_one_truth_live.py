@@ -105,8 +105,13 @@ def test_every_output_agrees(sandbox, tmp_path):
     from_top = top_pairs(results[1][1])
     from_metrics = metric_pairs(metrics.decode())
 
+    print(f"\none truth: audit {from_audit}\n  top {from_top}\n  metrics {from_metrics}")
     flush = [f for f in rep["flushes"] if f["kind"] == "syncfs"]
     assert len(flush) == 1, rep["flushes"]
+    # if a pair is missing, say who wrote the data back instead
+    why = {"flushes": rep["flushes"],
+           "written back": {o["name"]: o["bytes_written_back"] for o in rep["overlays"]}}
+    assert set(from_audit) == {("syncer", v) for v in WRITTEN}, why
     duration = flush[0]["duration_seconds"]
     for victim, size in WRITTEN.items():
         pair = ("syncer", victim)
