@@ -84,7 +84,7 @@ def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str,
                  human_bytes(h["average_bytes"]), human_seconds(h["busy_seconds"])]
                 for h in rep["copy_up_hotspots"][:10]]
         out.append(("Copy-up hotspots (BUSY = time copy-up bytes kept growing, "
-                    "per sample interval)",
+                    "at the report timeline's resolution)",
                     _t(rows, ["CONTAINER", "COPY-UPS", "BYTES", "AVERAGE", "BUSY"], fmt)))
     cg = rep["cgroup_accounting"]
     if cg["containers"]:
