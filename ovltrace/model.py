@@ -299,7 +299,10 @@ class Model:
         """Records ever received (a cheap 'anything new?' for views)."""
         return sum(len(self._records[k]) + self._dropped[k] for k in RECORD_KINDS)
 
-    def snapshot(self, since: float | None = None, t: float | None = None) -> Snapshot:
+    def snapshot(self, since: float | None = None, t: float | None = None,
+                 rows: bool = True) -> Snapshot:
+        """The window [since, t]; rows=False leaves out the per-overlay
+        counters (a view that needs only the window's records)."""
         t = self.now if t is None else t
         start = self.t0 if since is None else since
         flushes = [f for f in self._records["flushes"] if f.end >= start and f.start <= t]
@@ -312,16 +315,16 @@ class Model:
             if key not in first and start <= e.t <= t:
                 first[key] = e
 
-        rows, fs_rows = [], []
-        for key, meta in self.metas.items():
+        rows_, fs_rows = [], []
+        for key, meta in (self.metas.items() if rows else ()):
             if meta.first_seen > t or (meta.gone_at is not None and meta.gone_at < start):
                 continue
             total = self.counters_at(key, t)
             window = total - self.counters_at(key, start)
             row = OverlayRow(meta, window, total, self._dirty_now.get(key, 0),
                              meta.gone_at is None or meta.gone_at > t)
-            (rows if meta.kind == "overlay" else fs_rows).append(row)
-        return Snapshot(t, start, rows, fs_rows, flushes, wb_errors, returned, first,
+            (rows_ if meta.kind == "overlay" else fs_rows).append(row)
+        return Snapshot(t, start, rows_, fs_rows, flushes, wb_errors, returned, first,
                         self.metas, self.hooks, dict(self.self_stats), self)
 
     def delta(self, cursor: Cursor | None) -> Delta:

@@ -60,15 +60,11 @@ class ExporterConfig:
         self.labels = tuple(l for l in OVERLAY_LABELS if l in wanted)
 
 
-def device_label(upper_dev: str | None, metas) -> str:
-    """node_exporter's `device` label: the upper fs's mount source
-    ('/dev/loop1'), else its major:minor."""
-    if not upper_dev:
-        return ""
-    for m in metas.values():
-        if m.upper_dev == upper_dev and m.upper_source and m.upper_source.startswith("/"):
-            return m.upper_source
-    return upper_dev
+def device_labels(metas) -> dict[str, str]:
+    """upper dev -> node_exporter's `device` label: the upper fs's mount
+    source ('/dev/loop1'); devices without one keep their major:minor."""
+    return {m.upper_dev: m.upper_source for m in metas.values()
+            if m.upper_source and m.upper_source.startswith("/")}
 
 
 # ---- the collector -------------------------------------------------------------
@@ -121,6 +117,8 @@ class OverlayCollector:
         self.extra_callers: set[tuple] = set()               # non-overlay caller labelsets
         self.series_dropped = 0
         self.dirty: dict[str, int] = {}
+        self._devices: dict[str, str] = {}
+        self._others_ls: dict[str | None, tuple] = {}      # upper dev -> the "other" labels
         self._last_rank = None
         self._labels_of: dict[str, tuple] = {}
         self._pairs: set[tuple] = set()
@@ -144,7 +142,11 @@ class OverlayCollector:
         return tuple(label(values.get(l, "")) for l in self.config.labels)
 
     def _other_ls(self, upper_dev: str | None) -> tuple:
-        return self._ls({"container": OTHER, "device": self._device(upper_dev)})
+        ls = self._others_ls.get(upper_dev)
+        if ls is None:
+            ls = self._others_ls[upper_dev] = self._ls({"container": OTHER,
+                                                        "device": self._device(upper_dev)})
+        return ls
 
     def labelset(self, key: str) -> tuple:
         """The output label set of an overlay now: its own, or the bucket."""
@@ -160,7 +162,9 @@ class OverlayCollector:
         return self._other_ls(meta.upper_dev)
 
     def _device(self, upper_dev: str | None) -> str:
-        return device_label(upper_dev, self.metas)
+        if not upper_dev:
+            return ""
+        return self._devices.get(upper_dev, upper_dev)
 
     def _pair_part(self, ls: tuple) -> tuple:
         idx = self.config.labels
@@ -183,6 +187,10 @@ class OverlayCollector:
     # ---- updating the accumulators (outside the lock) ----------------------
     def _update(self, view: Delta) -> None:
         self.metas = view.metas
+        devices = device_labels(view.metas)
+        if any(self._devices.get(d) != v for d, v in devices.items()):
+            self._others_ls = {}
+        self._devices.update(devices)                      # kept: gone overlays' series
         now = view.now
         cfg = self.config
         own_count = sum(1 for s in self.seen.values() if s.own)
@@ -196,6 +204,8 @@ class OverlayCollector:
                 if meta.kind == "overlay" and own_count < cfg.top_n:
                     s.own = True
                     own_count += 1
+            elif total == s.last:
+                continue                 # idle since the last scrape (new ones get their 0s)
             delta = total - s.last
             s.last = total
             if meta.kind == "upperfs":

@@ -96,7 +96,7 @@ def collect(model: Model, t_prev: float | None, t: float | None = None,
     dt = t - t_prev
     w_start = max(model.t0, t - window)
     recent = model.snapshot(since=t_prev, t=t)            # rates
-    win = model.snapshot(since=w_start, t=t)              # flushes
+    win = model.snapshot(since=w_start, t=t, rows=False)  # flushes
     flushes = sorted(win.flushes, key=lambda f: -f.end)
     inter = analysis.interference(flushes, win.metas)
 
