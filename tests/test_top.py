@@ -14,7 +14,7 @@ from conftest import ROOT
 from ovltrace.model import Container, Counters, ErrorReturned, Flush, Model, OverlayMeta, Victim, WbError
 from ovltrace.recording import RecordingWriter, apply, read_records
 from ovltrace.analysis import percentile
-from ovltrace.views.top import (COLUMN_KEYS, UIState, collect, handle_key, render, render_batch,
+from ovltrace.views.top import (COLUMN_KEYS, UIState, handle_key, render, render_batch,
                                 visible_rows)
 from ovltrace.views.topui import Frames
 

@@ -76,7 +76,8 @@ def test_every_report_format_and_top_stay_inert(name, comm, path):
     from ovltrace.report import render
     from ovltrace.report.build import build_report
     from ovltrace.views.exporter import OverlayCollector
-    from ovltrace.views.top import UIState, collect, render as render_top, render_batch
+    from ovltrace.views.top import UIState, render as render_top, render_batch
+    from ovltrace.views.topdata import collect
     from prometheus_client import CollectorRegistry, generate_latest
 
     m = Model()

@@ -9,8 +9,8 @@ import time
 
 from ..errors import OvltraceError
 from ..model import Model
-from .top import (STALL_WINDOW, ErrorTracker, Screen, TopData, UIState, collect, handle_key,
-                  render)
+from .top import Screen, UIState, handle_key, render
+from .topdata import STALL_WINDOW, ErrorTracker, TopData, collect
 
 
 class Frames:
