@@ -93,8 +93,9 @@ static __always_inline u32 cur_epoch(void)
 	return e ? *e : 0;
 }
 
-/* Is ovl_copy_up_flags hooked?  Then the workdir estimate stays quiet:
- * copy-ups are counted once, exactly, by the function hook. */
+/* Set unless copy_up runs on its tracepoint stand-in; the workdir estimate
+ * then stays quiet: copy-ups are counted once, exactly, by the function hook,
+ * or not at all when a forced mechanism cannot reach ovl_copy_up_flags. */
 static __always_inline int fn_copy_up_on(void)
 {
 	u32 idx = CFG_FN_COPY_UP;

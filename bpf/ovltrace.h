@@ -15,7 +15,7 @@ enum event_type { EV_FLUSH = 1, EV_WB_ERROR = 2, EV_ERR_RETURNED = 3,
 		  EV_FLUSH_DONE = 4 /* umount: its sync_filesystem returned */ };
 
 /* config[] indexes */
-enum config_idx { CFG_EPOCH = 0, CFG_FN_COPY_UP = 1 /* ovl_copy_up_flags hooked */, CFG_NR = 4 };
+enum config_idx { CFG_EPOCH = 0, CFG_FN_COPY_UP = 1 /* copy_up not on the workdir estimate */, CFG_NR = 4 };
 
 #define COPYUP_LAT_SLOTS 16   /* log2(microseconds) buckets of copy-up latency */
 enum ret_kind { RK_SYNCFS = 1, RK_FSYNC = 2, RK_FDATASYNC = 3 };

@@ -37,11 +37,13 @@ Examples:
 
 @click.group(epilog=EPILOG_MAIN, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ovltrace")
-@click.option("--hooks", type=click.Choice(["auto", "functions", "tracepoints"]), default="auto",
-              envvar="OVLTRACE_HOOKS",
+@click.option("--hooks", type=click.Choice(["auto", "functions", "fentry", "kprobes", "tracepoints"]),
+              default="auto", envvar="OVLTRACE_HOOKS",
               help="auto: per hook fentry, else kprobe, else tracepoint; functions: fail "
-                   "unless function hooks attach; tracepoints: tracepoint path only "
-                   "[env OVLTRACE_HOOKS; default auto]. Example: ovltrace --hooks "
+                   "unless function hooks attach; fentry, kprobes: every function hook on "
+                   "that mechanism only, or fail (a hook it cannot reach on this kernel for "
+                   "a documented reason is off, see doctor); tracepoints: tracepoint path "
+                   "only [env OVLTRACE_HOOKS; default auto]. Example: ovltrace --hooks "
                    "tracepoints audit")
 @click.pass_context
 def cli(ctx, hooks):

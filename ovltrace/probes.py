@@ -109,10 +109,19 @@ class Limits:
 # How hooks are chosen (--hooks, or OVLTRACE_HOOKS in the environment):
 #   auto         per hook: fentry/fexit, else kprobe/kretprobe, else tracepoint
 #   functions    the same, but fail unless every function hook got a function
+#   fentry       every function hook on fentry/fexit only, kprobes: on
+#   kprobes      kprobe/kretprobe only; fail otherwise, except for a documented
+#                limit of that mechanism here (the hook is then off, no fallback)
 #   tracepoints  the tracepoint path only (for comparison)
-HOOK_MODES = ("auto", "functions", "tracepoints")
+HOOK_MODES = ("auto", "functions", "fentry", "kprobes", "tracepoints")
 MECHANISMS = ("fentry", "kprobe", "tracepoint")
 FUNCTION_MECHANISMS = ("fentry", "kprobe")
+FORCED = {"fentry": "fentry", "kprobes": "kprobe"}     # mode -> its one mechanism
+MODE_TEXT = {"auto": "preference fentry > kprobe > tracepoint",
+             "functions": "function hooks on fentry > kprobe, required",
+             "fentry": "function hooks on fentry only",
+             "kprobes": "function hooks on kprobe only",
+             "tracepoints": "tracepoints only"}
 
 
 def hook_mode(mode: str | None = None) -> str:
@@ -130,10 +139,26 @@ class Hook:
     reason: str | None = None      # why not available
     function: str | None = None    # the kernel function it can hook
     tried: dict = field(default_factory=dict)   # mechanism -> why it was not used
+    limit: str | None = None       # off for a documented limit (not an error), see known_limit()
 
 
 class AttachError(Exception):
     """One mechanism could not serve one hook (the message says why)."""
+
+
+class Unreachable(AttachError):
+    """The mechanism cannot reach this function on this kernel for a known,
+    documented reason (known_limit): under a forced mechanism the hook is
+    off, not an error."""
+
+
+def known_limit(mech: str, function: str, module: str | None) -> str | None:
+    """Why `mech` cannot reach `function` here, if that is a documented
+    limit (README "Hooks"); None otherwise.  Pure."""
+    if mech == "fentry" and module:
+        return (f"{function} is in module {module}, and bcc 0.26 finds fentry targets "
+                "only in vmlinux BTF")
+    return None
 
 
 def candidates(hook: str, mode: str) -> tuple[list[str], dict[str, str]]:
@@ -144,6 +169,9 @@ def candidates(hook: str, mode: str) -> tuple[list[str], dict[str, str]]:
         return ["tracepoint"], {m: "not tried (--hooks tracepoints)" for m in FUNCTION_MECHANISMS}
     if mode == "functions":
         return list(FUNCTION_MECHANISMS), {}
+    if mode in FORCED:
+        only = FORCED[mode]
+        return [only], {m: f"not tried (--hooks {mode})" for m in FUNCTION_MECHANISMS if m != only}
     return list(MECHANISMS), {}
 
 
@@ -164,24 +192,41 @@ def choose(mechanisms: list[str], attach) -> tuple[str | None, dict[str, str]]:
 def select_hooks(hooks: list[str], mode: str, attach) -> dict[str, Hook]:
     """Choose a mechanism for every hook, in order, each on its own: one
     that fails never takes another down.  `attach(hook, mechanism)` raises
-    AttachError.  (In "functions" mode, require_functions() then checks.)"""
+    AttachError (Unreachable for a documented limit).  In the modes that
+    require function hooks, require_functions() then checks."""
     out: dict[str, Hook] = {}
     for name in hooks:
         mechs, skipped = candidates(name, mode)
-        mech, tried = choose(mechs, lambda m: attach(name, m))
-        tried = {**skipped, **tried}
+        limits: dict[str, str] = {}
+
+        def attempt(m, name=name, limits=limits):
+            try:
+                attach(name, m)
+            except Unreachable as e:
+                limits[m] = str(e)
+                raise
+
+        mech, tried = choose(mechs, attempt)
         reason = None if mech else "; ".join(f"{m}: {why}" for m, why in tried.items())
+        # off only for documented limits: every mechanism tried hit one
+        limit = reason if mech is None and tried and set(tried) == set(limits) else None
+        why_not = {**skipped, **tried}
+        why_not = {m: why_not[m] for m in MECHANISMS if m in why_not}    # preference order
         out[name] = Hook(name, HOOKS[name]["what"], mech, reason,
-                         FUNCTIONS.get(name, {}).get("function"), tried)
+                         FUNCTIONS.get(name, {}).get("function"), why_not, limit)
     return out
 
 
-def require_functions(chosen: dict[str, Hook]) -> None:
-    """--hooks functions: every function hook must have got a function."""
-    bad = [h for h in chosen.values() if h.function and h.mechanism not in FUNCTION_MECHANISMS
-           and h.reason != "not requested"]
+def require_functions(chosen: dict[str, Hook], mode: str = "functions") -> None:
+    """--hooks functions: every function hook must have got a function;
+    --hooks fentry/kprobes: exactly that mechanism, or be off for a
+    documented limit (Hook.limit)."""
+    allowed = (FORCED[mode],) if mode in FORCED else FUNCTION_MECHANISMS
+    bad = [h for h in chosen.values() if h.function and h.mechanism not in allowed
+           and h.reason != "not requested" and not h.limit]
     if bad:
-        raise OvltraceError("function hooks required (--hooks functions) but unavailable: " +
+        what = f"{FORCED[mode]} hooks" if mode in FORCED else "function hooks"
+        raise OvltraceError(f"{what} required (--hooks {mode}) but unavailable: " +
                             " | ".join(f"{h.name} ({h.function}): {h.reason}" for h in bad))
 
 
@@ -292,6 +337,10 @@ class Probes:
         check_stats_layout(getattr(stats, "sLeaf", stats.Leaf))   # per-CPU: one CPU's struct
         try:
             self._set_epoch()
+            # the copy-up workdir estimate is off unless copy_up ends up on
+            # that stand-in (Attacher._tracepoint): never counted twice, and
+            # never a fallback under a forced mechanism
+            self.set_config(bpfdefs.CFG_FN_COPY_UP, 1)
             attacher = Attacher(self.bpf, self.layout, self)
             wanted = [h for h in HOOKS if self._requested(h)]
             self.chosen = select_hooks(wanted, self.mode, attacher.attach)
@@ -299,8 +348,8 @@ class Probes:
                 if h not in self.chosen:
                     self.chosen[h] = Hook(h, HOOKS[h]["what"], None, "not requested",
                                           FUNCTIONS.get(h, {}).get("function"))
-            if self.mode == "functions":
-                require_functions(self.chosen)
+            if self.mode == "functions" or self.mode in FORCED:
+                require_functions(self.chosen, self.mode)
             if not self.enabled_hooks():
                 raise OvltraceError("no hook can be attached on this kernel (" + "; ".join(
                     f"{h.name}: {h.reason}" for h in self.chosen.values()) + ")")
@@ -649,6 +698,8 @@ class Attacher:
                     else:
                         self.bpf.detach_raw_tracepoint(tp=tp.encode())
             raise AttachError(f"attaching {tp} failed: {str(e).splitlines()[0]}") from None
+        if hook == "copy_up" and self.probes is not None:
+            self.probes.set_config(bpfdefs.CFG_FN_COPY_UP, 0)    # the workdir estimate is on
 
     # -- function hooks ------------------------------------------------------
     def _function(self, hook: str, mech: str) -> None:
@@ -662,18 +713,10 @@ class Attacher:
         module = self.syms.get(fn)
         if module is None:
             raise AttachError(f"{fn} is not a kernel symbol (kallsyms: inlined, renamed or absent)")
-        gate = hook == "copy_up" and self.probes is not None
-        if gate:     # the estimate goes quiet first: never counted twice
-            self.probes.set_config(bpfdefs.CFG_FN_COPY_UP, 1)
-        try:
-            if mech == "fentry":
-                self._fentry_attach(fn, spec["exit"], module)
-            else:
-                self._kprobe_attach(fn, spec["exit"])
-        except AttachError:
-            if gate:
-                self.probes.set_config(bpfdefs.CFG_FN_COPY_UP, 0)
-            raise
+        if mech == "fentry":
+            self._fentry_attach(fn, spec["exit"], module)
+        else:
+            self._kprobe_attach(fn, spec["exit"])
 
     def _fentry_attach(self, fn: str, exit: bool, module: str) -> None:
         if self._fentry:
@@ -700,9 +743,9 @@ class Attacher:
             detail = [l for l in chatter if "libbpf" in l or "error" in l.lower()]
             if detail:
                 msg += f" [{detail[0][:120]}]"
-            if module:
-                msg += (f"; {fn} is in module {module}, and bcc 0.26 finds fentry targets "
-                        "only in vmlinux BTF")
+            limit = known_limit("fentry", fn, module)
+            if limit:
+                raise Unreachable(f"{msg}; {limit}") from None
             raise AttachError(msg) from None
 
     def _kprobe_attach(self, fn: str, exit: bool) -> None:

@@ -8,14 +8,18 @@ import pytest
 from ovltrace import bpfdefs
 from ovltrace.errors import OvltraceError
 from ovltrace.kernel.layout import FUNCTIONS, HOOKS, generate, pt_regs
-from ovltrace.probes import (AttachError, Attacher, candidates, choose, load_btf,
-                             require_functions, select_hooks)
+from ovltrace.probes import (FORCED, HOOK_MODES, MODE_TEXT, AttachError, Attacher, Unreachable,
+                             candidates, choose, known_limit, load_btf, require_functions,
+                             select_hooks)
 
 
-def fake_attach(allowed: dict[str, set[str]], calls: list):
-    """attach(hook, mech) that works only for the mechanisms in allowed[hook]."""
+def fake_attach(allowed: dict[str, set[str]], calls: list, unreachable=()):
+    """attach(hook, mech) that works only for the mechanisms in allowed[hook];
+    (hook, mech) pairs in `unreachable` fail for a documented limit."""
     def attach(hook, mech):
         calls.append((hook, mech))
+        if (hook, mech) in unreachable:
+            raise Unreachable(f"{mech} cannot reach {hook} here")
         if mech not in allowed.get(hook, set()):
             raise AttachError(f"{mech} refused for {hook}")
     return attach
@@ -85,6 +89,85 @@ def test_candidates():
     assert candidates("inode_dirty", "auto")[0] == ["fentry", "kprobe", "tracepoint"]
     assert candidates("umount", "functions")[0] == ["tracepoint"]
     assert candidates("copy_up", "functions")[0] == ["fentry", "kprobe"]
+    assert candidates("copy_up", "fentry") == (["fentry"], {"kprobe": "not tried (--hooks fentry)"})
+    assert candidates("sync_fs", "kprobes") == (["kprobe"], {"fentry": "not tried (--hooks kprobes)"})
+    assert candidates("syncfs", "fentry") == (["tracepoint"], {})
+
+
+def test_cli_offers_every_mode():
+    from ovltrace.cli import cli
+    opt = next(p for p in cli.params if p.name == "hooks")
+    assert tuple(opt.type.choices) == HOOK_MODES and opt.envvar == "OVLTRACE_HOOKS"
+    assert set(MODE_TEXT) == set(HOOK_MODES)
+
+
+@pytest.mark.parametrize("mode", sorted(FORCED))
+def test_forced_mode_uses_exactly_one_mechanism(mode):
+    mech = FORCED[mode]
+    calls = []
+    allowed = {h: {"fentry", "kprobe", "tracepoint"} for h in HOOKS}
+    out = select_hooks(list(HOOKS), mode, fake_attach(allowed, calls))
+    for name, h in out.items():
+        assert h.mechanism == (mech if name in FUNCTIONS else "tracepoint"), h
+        assert h.limit is None
+    assert {(h, m) for h, m in calls if h in FUNCTIONS} == {(h, mech) for h in FUNCTIONS}
+    require_functions(out, mode)
+
+
+@pytest.mark.parametrize("mode", sorted(FORCED))
+def test_forced_mode_fails_naming_the_hook_never_falls_back(mode):
+    mech = FORCED[mode]
+    calls = []
+    allowed = {h: {"fentry", "kprobe", "tracepoint"} for h in HOOKS}
+    allowed["wb_error"] = {"fentry", "kprobe", "tracepoint"} - {mech}
+    out = select_hooks(list(HOOKS), mode, fake_attach(allowed, calls))
+    assert out["wb_error"].mechanism is None and out["wb_error"].limit is None
+    assert [m for h, m in calls if h == "wb_error"] == [mech]       # no other mechanism
+    with pytest.raises(OvltraceError) as e:
+        require_functions(out, mode)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg == (f"{mech} hooks required (--hooks {mode}) but unavailable: "
+                   f"wb_error (__filemap_set_wb_err): {mech}: {mech} refused for wb_error")
+
+
+def test_forced_mode_documented_limit_is_off_not_fatal():
+    calls = []
+    allowed = {h: {"fentry", "kprobe", "tracepoint"} for h in HOOKS}
+    out = select_hooks(list(HOOKS), "fentry",
+                       fake_attach(allowed, calls, unreachable={("copy_up", "fentry")}))
+    cu = out["copy_up"]
+    assert cu.mechanism is None
+    assert cu.limit == cu.reason == "fentry: fentry cannot reach copy_up here"
+    assert cu.tried == {"kprobe": "not tried (--hooks fentry)",
+                        "fentry": "fentry cannot reach copy_up here"}
+    assert [m for h, m in calls if h == "copy_up"] == ["fentry"]    # no kprobe, no estimate
+    require_functions(out, "fentry")                                # the others are fentry
+    # the same limit with the other mechanism still works: no limit, no hole
+    out = select_hooks(list(HOOKS), "kprobes",
+                       fake_attach(allowed, [], unreachable={("copy_up", "fentry")}))
+    assert out["copy_up"].mechanism == "kprobe"
+
+
+def test_limit_excuses_only_when_every_try_hit_one():
+    allowed = {h: {"tracepoint"} for h in HOOKS}     # kprobes refused
+    out = select_hooks(list(HOOKS), "functions",
+                       fake_attach(allowed, [], unreachable={("copy_up", "fentry")}))
+    assert out["copy_up"].mechanism is None and out["copy_up"].limit is None
+    with pytest.raises(OvltraceError, match=r"copy_up \(ovl_copy_up_flags\): fentry: fentry "
+                                            r"cannot reach copy_up here; kprobe: kprobe refused"):
+        require_functions(out, "functions")
+    # auto: the limit is just a reason to take the next mechanism
+    out = select_hooks(list(HOOKS), "auto",
+                       fake_attach(allowed, [], unreachable={("copy_up", "fentry")}))
+    assert out["copy_up"].mechanism == "tracepoint" and out["copy_up"].limit is None
+
+
+def test_known_limits():
+    why = known_limit("fentry", "ovl_copy_up_flags", "overlay")
+    assert "module overlay" in why and "vmlinux BTF" in why
+    assert known_limit("fentry", "__mark_inode_dirty", "") is None      # in vmlinux
+    assert known_limit("kprobe", "ovl_copy_up_flags", "overlay") is None
 
 
 class FakeBPF:
@@ -148,15 +231,33 @@ def attacher(layout, fail, fentry=None, kprobes=None):
 
 def test_partial_fentry_is_undone_and_eperm_explained(layout):
     a = attacher(layout, fail={"kretfunc__ovl_copy_up_flags"})
-    with pytest.raises(AttachError) as e:
+    with pytest.raises(Unreachable) as e:         # a module target: the documented limit
         a.attach("copy_up", "fentry")
     assert "EPERM" in str(e.value) and "module overlay" in str(e.value)
     assert ("detach_kfunc", "kfunc__ovl_copy_up_flags") in a.bpf.log
-    # the workdir estimate was silenced first, and is back on
-    assert a.probes.config == [(bpfdefs.CFG_FN_COPY_UP, 1), (bpfdefs.CFG_FN_COPY_UP, 0)]
     a.attach("copy_up", "kprobe")
-    assert a.probes.config[-1] == (bpfdefs.CFG_FN_COPY_UP, 1)
     assert a.bpf.log[-1] == ("attach_kretprobe", "kretprobe__ovl_copy_up_flags")
+    # function hooks leave the workdir estimate off (Probes.attach turned it off)
+    assert a.probes.config == []
+
+
+def test_fentry_failure_in_vmlinux_is_an_error(layout):
+    a = attacher(layout, fail={"kfunc__sync_filesystem"})
+    with pytest.raises(AttachError) as e:
+        a.attach("sync_fs", "fentry")
+    assert not isinstance(e.value, Unreachable) and "module" not in str(e.value)
+
+
+def test_estimate_on_only_with_the_copy_up_stand_in(layout):
+    import dataclasses
+    a = attacher(layout, fail=set())
+    a.layout = dataclasses.replace(layout, hooks={**layout.hooks, "copy_up": None})
+    with pytest.raises(AttachError, match="stand-in needs"):
+        a.attach("copy_up", "tracepoint")
+    assert a.probes.config == []
+    a.mechanism.update(inode_dirty="fentry", folio_dirty="tracepoint")
+    a.attach("copy_up", "tracepoint")
+    assert a.probes.config == [(bpfdefs.CFG_FN_COPY_UP, 0)]
 
 
 def test_partial_kprobe_is_undone(layout):
@@ -230,19 +331,24 @@ def test_forced_tracepoint_path():
 
 
 @pytest.mark.live
-def test_required_function_hooks():
-    """Works where the kernel allows function hooks; elsewhere (this
-    machine) fails in one line that says why, per hook."""
-    r = run_cli(["audit", "-d", "1s", "--format", "json"], env={"OVLTRACE_HOOKS": "functions"})
+@pytest.mark.parametrize("mode", ["functions", "fentry", "kprobes"])
+def test_required_function_hooks(mode):
+    """Works where the kernel allows function hooks (a forced mechanism may
+    leave a hook off for a documented limit); elsewhere (this machine)
+    fails in one line that says why, per hook."""
+    r = run_cli(["audit", "-d", "1s", "--format", "json"], env={"OVLTRACE_HOOKS": mode})
     assert "Traceback" not in r.stderr, r.stderr
+    allowed = (FORCED[mode],) if mode in FORCED else ("fentry", "kprobe")
     if r.returncode == 0:
         hooks = {h["name"]: h for h in json.loads(r.stdout)["hooks"]}
         for name in FUNCTIONS:
-            assert hooks[name]["mechanism"] in ("fentry", "kprobe"), hooks[name]
+            h = hooks[name]
+            assert h["mechanism"] in allowed or (h["mechanism"] is None and h["limit"]), h
+        assert {h["mechanism"] for n, h in hooks.items() if n not in FUNCTIONS} <= {"tracepoint", None}
     else:
-        print(f"\nfunction hooks unavailable here: {r.stderr.strip()}")
+        print(f"\n{mode}: function hooks unavailable here: {r.stderr.strip()}")
         assert r.returncode == 1
         err = [l for l in r.stderr.splitlines() if l.startswith("ovltrace: error:")]
-        assert len(err) == 1 and "function hooks required" in err[0]
-        for name, spec in FUNCTIONS.items():
-            assert f"{name} ({spec['function']}): fentry: " in err[0]
+        assert len(err) == 1 and f"required (--hooks {mode})" in err[0], r.stderr
+        named = [n for n, spec in FUNCTIONS.items() if f"{n} ({spec['function']}): {allowed[0]}: " in err[0]]
+        assert named, err[0]

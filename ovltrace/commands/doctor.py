@@ -7,7 +7,7 @@ import textwrap
 
 from ..errors import OvltraceError
 from ..kernel.layout import UNHOOKABLE
-from ..probes import (DEFAULT_BTF, MECHANISMS, TRACEFS, Probes, ensure_tracefs, fentry_available,
+from ..probes import (DEFAULT_BTF, MODE_TEXT, TRACEFS, Probes, ensure_tracefs, fentry_available,
                       kprobes_available)
 from .runtime import TraceOptions
 
@@ -81,7 +81,7 @@ def run_doctor(opts: TraceOptions) -> int:
         finally:
             probes.close()
     print()
-    print(f"hooks (mode {mode}; preference {' > '.join(MECHANISMS)}; "
+    print(f"hooks (mode {mode}; {MODE_TEXT[probes.mode]}; "
           f"{'as attached just now' if attached else 'predicted, not attached'})")
     usable = 0
     for h in probes.hooks():
@@ -92,6 +92,8 @@ def run_doctor(opts: TraceOptions) -> int:
             print(f"  {'':<12} {'':<11} not {m}: {why}")
         if h.reason and not h.tried:
             print(f"  {'':<12} {'':<11} why: {h.reason}")
+        if h.limit:
+            print(f"  {'':<12} {'':<11} off: a documented limit here, not an error (no fallback)")
     for n in probes.layout.notes:
         print(f"  note: {n}")
     for fn, why in UNHOOKABLE.items():
