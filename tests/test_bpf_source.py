@@ -145,7 +145,8 @@ def test_every_function_hook_variant_compiles_and_verifies():
     need an attach target at load, which this machine refuses (EPERM)."""
     from ovltrace.kernel.headers import build_tree, remove_tree
     from ovltrace.kernel.layout import FUNCTIONS, generate, programs
-    from ovltrace.probes import (TRACEFS, Probes, _env, _manual_bpf, _quiet_compile,
+    from ovltrace.hooks import TRACEFS
+    from ovltrace.probes import (Probes, _env, _manual_bpf, _quiet_compile,
                                  ensure_tracefs)
     ensure_tracefs()
     p = Probes(mode="auto")

@@ -8,9 +8,9 @@ import pytest
 from ovltrace import bpfdefs
 from ovltrace.errors import OvltraceError
 from ovltrace.kernel.layout import FUNCTIONS, HOOKS, generate, pt_regs
-from ovltrace.probes import (FORCED, HOOK_MODES, MODE_TEXT, AttachError, Attacher, Unreachable,
-                             candidates, choose, known_limit, load_btf, require_functions,
-                             select_hooks)
+from ovltrace.hooks import (FORCED, HOOK_MODES, MODE_TEXT, AttachError, Attacher, Unreachable,
+                            candidates, choose, known_limit, require_functions, select_hooks)
+from ovltrace.probes import load_btf
 
 
 def fake_attach(allowed: dict[str, set[str]], calls: list, unreachable=()):

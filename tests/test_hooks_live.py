@@ -11,7 +11,7 @@ import os
 import pytest
 
 from conftest import audit_json, by_mountpoint, report_hook, skip_if_hook_off_by_limit
-from ovltrace.probes import FORCED
+from ovltrace.hooks import FORCED
 
 pytestmark = pytest.mark.live
 

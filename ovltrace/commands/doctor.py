@@ -7,8 +7,8 @@ import textwrap
 
 from ..errors import OvltraceError
 from ..kernel.layout import UNHOOKABLE
-from ..probes import (DEFAULT_BTF, MODE_TEXT, TRACEFS, Probes, ensure_tracefs, fentry_available,
-                      kprobes_available)
+from ..hooks import MODE_TEXT, TRACEFS, fentry_available, kprobes_available
+from ..probes import DEFAULT_BTF, Probes, ensure_tracefs
 from .runtime import TraceOptions
 
 

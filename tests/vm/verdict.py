@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 from ovltrace.kernel.layout import FUNCTIONS  # noqa: E402
-from ovltrace.probes import FORCED  # noqa: E402
+from ovltrace.hooks import FORCED  # noqa: E402
 
 PASSES = FORCED                          # OVLTRACE_HOOKS -> mechanism, one pass each
 FUNCTION_HOOKS = tuple(FUNCTIONS)
