@@ -82,10 +82,14 @@ def test_exact_copy_ups(sandbox):
         # the estimate: temp files in workdir and the bytes dirtied there
         for case in ("append", "chmod"):
             assert row[case]["copy_ups"] == 1, case
-            assert row[case]["copy_up_bytes"] >= SIZE[case], case   # folio-rounded
+            # bytes of the folios dirtied in the temp file: the file's size,
+            # its last folio rounded up (a large folio is at most 2 MiB here)
+            assert SIZE[case] <= row[case]["copy_up_bytes"] < SIZE[case] + (2 << 20), case
         for case in ("trunc", "meta"):
-            assert row[case]["copy_ups"] <= 1, case
-            assert row[case]["copy_up_bytes"] < SIZE[case], case     # no data copied
+            # no data copied; the estimate sees the (empty) temp file in
+            # workdir only if the kernel dirtied it, so 0 or 1
+            assert row[case]["copy_ups"] in (0, 1), case
+            assert row[case]["copy_up_bytes"] < SIZE[case], case
         for case in ovs:                                              # function hooks only
             assert row[case]["copy_ups_metadata_only"] == 0
             assert sum(row[case]["copy_up_latency"]) == 0
