@@ -150,6 +150,27 @@ def write_file(path: str, size: int, chunk: int = 65536) -> None:
 
 
 @pytest.fixture
+def quiet_flusher():
+    """For tests whose truth is "this flush wrote back exactly what the
+    workload dirtied": the kernel's periodic flusher (every
+    vm.dirty_writeback_centisecs) checks each device against its share of
+    the background threshold, which is small for a fresh loop device when
+    other disks did the recent writeout, and can start writing back the
+    test's data between the write and the flush.  Off for the test, then
+    restored."""
+    path = "/proc/sys/vm/dirty_writeback_centisecs"
+    with open(path) as f:
+        old = f.read().strip()
+    with open(path, "w") as f:
+        f.write("0")
+    try:
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(old)
+
+
+@pytest.fixture
 def sandbox():
     from ovltrace.sandbox import Sandbox
     sb = Sandbox(size_mb=512)

@@ -23,7 +23,7 @@ def _make_golden():
     return mod
 
 
-def test_live_audit_findings_and_cgroups(sandbox):
+def test_live_audit_findings_and_cgroups(sandbox, quiet_flusher):
     nbr, bulk = sandbox.add_overlay("nbr"), sandbox.add_overlay("bulk")
     for name in ("nbr", "bulk"):
         sandbox.in_cgroup(name)

@@ -68,7 +68,7 @@ def test_copy_up_of_big_lower_file(sandbox):
     assert ra["copy_up_bytes"] == 8 * MiB
 
 
-def test_syncfs_interference(sandbox):
+def test_syncfs_interference(sandbox, quiet_flusher):
     a, b = sandbox.add_overlay("writer"), sandbox.add_overlay("syncer")
 
     def work():
@@ -95,7 +95,7 @@ def test_syncfs_interference(sandbox):
     assert ra["bytes_written_back"] == 16 * MiB
 
 
-def test_unmount_flushes_the_neighbours(sandbox):
+def test_unmount_flushes_the_neighbours(sandbox, quiet_flusher):
     a, b = sandbox.add_overlay("stays"), sandbox.add_overlay("leaves")
 
     def work():

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.live
 MiB = 1 << 20
 
 
-def test_xfs_upper_flush_victims_are_exact():
+def test_xfs_upper_flush_victims_are_exact(quiet_flusher):
     with Sandbox(fstype="xfs", size_mb=512) as sb:
         a, b = sb.add_overlay("xa"), sb.add_overlay("xb")
 

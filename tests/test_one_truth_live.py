@@ -71,7 +71,7 @@ def from_recording(rec: str, fmt: str) -> str:
     return r.stdout
 
 
-def test_every_output_agrees(sandbox, tmp_path):
+def test_every_output_agrees(sandbox, tmp_path, quiet_flusher):
     ovs = {n: sandbox.add_overlay(n) for n in ("syncer", "batch", "cache")}
     only = [a for ov in ovs.values() for a in ("--overlay", ov.mountpoint)]
     port = free_port()
