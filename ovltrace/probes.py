@@ -393,27 +393,29 @@ class Probes:
             except KeyError:
                 pass
 
-    def program_stats(self) -> tuple[bool, dict[str, tuple[int, int]]]:
+    def program_stats(self) -> tuple[bool, dict[str, tuple[int, int, int]]]:
         """Whether kernel.bpf_stats_enabled is on, and {program: (run_time_ns,
-        run_cnt)} from our own program fds' fdinfo (the kernel counts only
-        while the sysctl is on; never another process's programs)."""
+        run_cnt, recursion_misses)} from our own program fds' fdinfo (run
+        figures only while the sysctl is on; never another process's
+        programs).  recursion_misses: runs the kernel skipped because the
+        program was already running on that CPU (an I/O completion
+        interrupting it): events ovltrace did not see, always counted."""
         out = {}
         for name, fn in (self.bpf.funcs.items() if self.bpf is not None else ()):
             fd = getattr(fn, "fd", None)
             if not isinstance(fd, int) or fd < 0:
                 continue
-            ns = cnt = 0
+            info = {}
             try:
                 with open(f"/proc/self/fdinfo/{fd}") as f:
                     for line in f:
                         k, _, v = line.partition(":")
-                        if k == "run_time_ns":
-                            ns = int(v)
-                        elif k == "run_cnt":
-                            cnt = int(v)
+                        if k in ("run_time_ns", "run_cnt", "recursion_misses"):
+                            info[k] = int(v)
             except (OSError, ValueError):
                 continue
-            out[name.decode() if isinstance(name, bytes) else str(name)] = (ns, cnt)
+            out[name.decode() if isinstance(name, bytes) else str(name)] = (
+                info.get("run_time_ns", 0), info.get("run_cnt", 0), info.get("recursion_misses", 0))
         return bpf_stats_enabled(), out
 
     def map_fill(self) -> dict[str, tuple[int, int]]:

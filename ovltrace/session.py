@@ -289,9 +289,11 @@ class Session:
         d["slots_exhausted"] = p.slots_exhausted
         d["overlays_watched"] = sum(1 for w in self.watched.values() if w.ov and w.gone_since is None)
         d["refresh_seconds"] = round(self.refresh_seconds, 6)
+        # events the kernel did not run our programs for (see program_stats)
+        d["recursion_misses"] = {n: m for n, (_ns, _c, m) in p.program_stats()[1].items() if m}
         return d
 
-    def program_stats(self) -> tuple[bool, dict[str, tuple[int, int]]]:
+    def program_stats(self) -> tuple[bool, dict[str, tuple[int, int, int]]]:
         """BPF run time per program (probes.program_stats); safe from any thread."""
         p = self.probes
         return p.program_stats() if p is not None else (False, {})

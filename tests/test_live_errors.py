@@ -16,7 +16,9 @@ from ovltrace.workloads import error_leak_scenario
 pytestmark = pytest.mark.live
 
 
-def test_error_leak_and_silent_loss():
+def test_error_leak_and_silent_loss(quiet_flusher):
+    # quiet_flusher: no periodic writeback outside the traced window (the
+    # bpftrace count below must cover the same errors)
     traces = {}
     counter: list[subprocess.Popen] = []
 
@@ -69,7 +71,10 @@ def test_error_leak_and_silent_loss():
         rb, ra = by_mountpoint(rep, b), by_mountpoint(rep, a)
         # exactly the kernel's count for B's file, nothing charged to A
         assert kernel.get(res.b_ino, 0) > 0, kernel
-        assert rb["writeback_errors"] == kernel[res.b_ino]
+        # (plus the runs the kernel skipped, counted: see test_live_storm)
+        missed = sum(n for prog, n in rep["self"]["recursion_misses"].items()
+                     if "filemap_set_wb_err" in prog)
+        assert rb["writeback_errors"] + missed == kernel[res.b_ino]
         assert ra["writeback_errors"] == 0
         errs = [e for e in rep["writeback_errors"] if e["overlay"] == b]
         assert errs and all(e["errno"] in (5, 28) for e in errs)

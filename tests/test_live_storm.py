@@ -18,7 +18,10 @@ pytestmark = pytest.mark.live
 KiB = 1024
 
 
-def test_error_storm_keeps_counts_exact():
+def test_error_storm_keeps_counts_exact(quiet_flusher):
+    # quiet_flusher: a periodic writeback after ovltrace detached (a
+    # metadata block retried) would add errors only bpftrace, still
+    # running, counts: 12,988 against 12,985 in one CI run
     with Sandbox(errors="leak", size_mb=512, backing_tmpfs_mb=48) as bad, \
             Sandbox(size_mb=256) as good:
         victim = bad.add_overlay("stormy")
@@ -57,8 +60,14 @@ def test_error_storm_keeps_counts_exact():
               f"self {({k: v for k, v in rep['self'].items() if not isinstance(v, dict)})}, "
               f"fs rest {[u['outside_overlays']['writeback_errors'] for u in rep['upper_filesystems']]}")
         assert kernel_count > 1000
-        assert rv["writeback_errors"] == kernel_count       # counters are exact
-        assert len(rep["writeback_errors"]) + rep["self"]["error_events_dropped"] >= kernel_count
+        # counters are exact: every error the kernel ran our program for,
+        # and the kernel counts the ones it skipped (our program was running
+        # on that CPU when an I/O completion raised another)
+        missed = sum(n for prog, n in rep["self"]["recursion_misses"].items()
+                     if "filemap_set_wb_err" in prog)
+        assert rv["writeback_errors"] + missed == kernel_count
+        assert len(rep["writeback_errors"]) + rep["self"]["error_events_dropped"] == \
+            rv["writeback_errors"]
         assert rep["self"]["events_dropped"] == 0             # flushes never crowded out
         assert rc["bytes_dirtied"] == 64 * 16 * KiB           # the neighbour is unaffected
         assert rc["writeback_errors"] == 0

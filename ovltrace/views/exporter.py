@@ -84,7 +84,7 @@ class OverlayCollector:
     model_source: callable returning the current Model (a session replaces
     its model when it starts).  lock: held while reading the model.
     bpf_programs: optional callable -> (stats enabled, {program: (run_ns,
-    run_cnt)}), read outside the lock."""
+    run_cnt, recursion_misses)}), read outside the lock."""
 
     def __init__(self, model_source, lock=None, config: ExporterConfig | None = None,
                  clock=time.monotonic, bpf_programs=None):
@@ -547,7 +547,9 @@ class OverlayCollector:
         if progs:
             fr = fam("ovltrace_exporter_bpf_program_run_seconds_total", ["program"])
             fn = fam("ovltrace_exporter_bpf_program_runs_total", ["program"])
-            for name, (ns, cnt) in sorted(progs.items()):
+            fm = fam("ovltrace_exporter_bpf_program_recursion_misses_total", ["program"])
+            for name, (ns, cnt, misses) in sorted(progs.items()):
+                out.add(fm, [name], misses, force=True)
                 out.add(fr, [name], ns / 1e9, force=True)
                 out.add(fn, [name], cnt, force=True)
 

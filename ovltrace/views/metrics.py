@@ -106,6 +106,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "gauge", "1 when kernel.bpf_stats_enabled is on (the run-time figures are live)."),
     "ovltrace_exporter_bpf_program_run_seconds_total": (
         "counter", "Time spent in ovltrace's BPF programs (needs kernel.bpf_stats_enabled)."),
+    "ovltrace_exporter_bpf_program_recursion_misses_total": (
+        "counter", "Events the kernel did not run an ovltrace program for, because it was "
+                   "already running on that CPU (an interrupt inside it): not counted anywhere "
+                   "else."),
     "ovltrace_exporter_bpf_program_runs_total": (
         "counter", "Runs of ovltrace's BPF programs (needs kernel.bpf_stats_enabled)."),
 }
