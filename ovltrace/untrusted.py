@@ -10,7 +10,7 @@ the edge of every output that interprets text:
 
   visible()   terminals (audit table, top, batch frames, stderr lines):
               C0/C1 control characters, DEL, bidi overrides and undecodable
-              bytes become visible \\xNN / \\uNNNN escapes, never emitted
+              bytes become visible \xNN / \uNNNN escapes, never emitted
   markdown()  Markdown reports: visible(), then `& < >` as HTML entities
               and `\ ` * _ [ ] | ~` backslash-escaped, so no cell, link,
               image, tag or code span appears
