@@ -88,8 +88,6 @@ COUNTERS: tuple[CounterDef, ...] = (
 )
 
 COUNTER_FIELDS = tuple(d.name for d in COUNTERS)
-BY_NAME = {d.name: d for d in COUNTERS}
-SCALAR_FIELDS = tuple(d.name for d in COUNTERS if not d.length)
 
 
 def _zero(d: CounterDef):

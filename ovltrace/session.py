@@ -245,11 +245,6 @@ class Session:
             if sample is not None:
                 self._store_sample(sample)
 
-    def sample(self) -> None:
-        sample = self._read_sample(final=False)
-        with self.lock:
-            self._store_sample(sample)
-
     def _read_sample(self, final: bool) -> tuple:
         """Counters, dirty inodes, finished flushes, self figures: read from
         the maps without the lock."""

@@ -7,6 +7,7 @@ import textwrap
 from tabulate import tabulate
 
 from ..format import errno_name, human_bytes, human_seconds
+from ..untrusted import cut as cut_to
 from ..untrusted import markdown, visible
 
 
@@ -25,9 +26,8 @@ def _t(rows, headers, fmt) -> str:
 
 def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str, str]]:
     """(title, table) pairs shared by the terminal and Markdown views."""
-    def cut(s: str) -> str:            # names are already terminal-safe display names
-        s = visible(s)
-        return s if len(s) <= width else s[: width - 1] + "~"
+    def cut(s: str) -> str:
+        return cut_to(visible(s), width)
 
     out = []
     rows = [[cut(o["name"]) + ("" if o["live"] else "*"), human_bytes(o["bytes_dirtied"]),
