@@ -31,9 +31,10 @@ BPF_HASH(upper_devs, u32, struct slot_ref, MAX_UPPER_FS);   /* upper fs s_dev ->
 BPF_HASH(ovl_devs, u32, struct slot_ref, MAX_SLOTS);        /* overlay sb s_dev -> slot */
 BPF_HASH(dirs, struct dir_key, struct dir_val, MAX_DIRS);   /* upperdir/workdir inodes */
 BPF_ARRAY(slot_gen, u32, MAX_SLOTS);
-BPF_ARRAY(config, u32, 4);                                   /* [0]: epoch of dirs */
+BPF_ARRAY(config, u32, CFG_NR);                              /* enum config_idx */
 
 /* ---- kernel-side state ------------------------------------------------- */
+BPF_ARRAY(kstate, u64, KS_NR);                               /* enum kstate_idx */
 struct sb_val { u32 dev; u32 is_upper; u32 epoch; u32 pad; };
 /* super_block * -> upper?  LRU: filled from the hot path, so it must never
  * be full (a full hash would stop caching new superblocks for good). */
@@ -49,6 +50,11 @@ BPF_TABLE("lru_hash", struct copyup_key, u8, copyup_seen, 16384);  /* temp inode
 BPF_TABLE("lru_hash", u64, struct dirty_val, dirty_inodes, DIRTY_SIZE);
 
 BPF_PERCPU_ARRAY(stats, struct ovl_stats, MAX_SLOTS);
+
+/* Orphans (see ovltrace.h); LRU: userspace takes each within a sample or
+ * two, so only a flood of them while it lags can push one out. */
+BPF_TABLE("lru_hash", struct orphan_key, struct orphan_val, orphans, ORPHAN_SIZE);
+BPF_PERCPU_ARRAY(orphan_scratch, struct orphan_val, 1);      /* too big for the stack */
 
 /* Bytes of folios just dirtied, waiting for the __mark_inode_dirty
  * (I_DIRTY_PAGES) that the kernel calls right after, on the same CPU, for
@@ -70,9 +76,11 @@ BPF_HASH(victims, struct victim_key, u64, MAX_VICTIMS);     /* flush x slot -> b
 struct pending_ret { struct slot_ref ref; u32 dev; u32 kind; };
 BPF_HASH(ret_pending, u32, struct pending_ret, 4096);        /* tid -> fsync on overlay */
 
-/* Two channels, so an error storm can never crowd out flushes: */
+/* Three channels, so an error storm can never crowd out flushes, nor a
+ * burst of container starts either: */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);        /* flushes, errors returned */
 BPF_RINGBUF_OUTPUT(error_events, RINGBUF_PAGES);  /* writeback errors */
+BPF_RINGBUF_OUTPUT(mount_events, RINGBUF_PAGES);  /* overlay mounts */
 
 static __always_inline void count(u32 idx)
 {
@@ -107,6 +115,21 @@ static __always_inline int fn_copy_up_on(void)
 	return v && *v;
 }
 
+static __always_inline u64 kstate_get(u32 idx)
+{
+	u64 *v = kstate.lookup(&idx);
+	return v ? *v : 0;
+}
+
+/* Some overlay mount has begun that userspace does not know yet: dirtying
+ * under no known overlay may be that mount's, so it is kept as an orphan. */
+static __always_inline int mounts_unsettled(void)
+{
+	u32 idx = CFG_SETTLED;
+	u32 *settled = config.lookup(&idx);
+	return (u32)kstate_get(KS_MOUNT_SEQ) != (settled ? *settled : 0);
+}
+
 static __always_inline int slot_alive(u32 slot, u32 gen)
 {
 	u32 *g = slot_gen.lookup(&slot);
@@ -137,7 +160,28 @@ static __always_inline void icache_put(struct icache_ent *c, u64 inode, u64 ino,
 }
 
 /* The owner of an upper-fs inode, and what the hooks need of the inode. */
-struct owner { u32 slot; u32 gen; u32 role; u32 dev; u64 ino; u64 state; u64 mapping; };
+/* An overlay mount in progress in this thread (mount(2), or fsconfig's
+ * FSCONFIG_CMD_CREATE): a filesystem it dirties is an upper fs. */
+struct mounting_val { u64 start_ns; u64 dir; u64 data; u32 seq; u32 kind; s32 fd; u32 pad; };
+BPF_HASH(mounting, u32, struct mounting_val, 1024);         /* tid -> mount */
+
+static __always_inline int in_overlay_mount(void)
+{
+	if (!kstate_get(KS_MOUNTS_INFLIGHT))
+		return 0;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	return mounting.lookup(&tid) != 0;
+}
+
+/* The owner of an upper-fs inode, and what the hooks need of the inode. */
+struct owner { u32 slot; u32 gen; u32 role; u32 dev; u64 ino; u64 state; u64 mapping;
+               struct ovl_stats *orphan;   /* ROLE_ORPHAN: its counters */ };
+
+/* The counters an owner's events add to. */
+static __always_inline struct ovl_stats *owner_stats(struct owner *o)
+{
+	return o->role == ROLE_ORPHAN ? o->orphan : slot_stats(o->slot);
+}
 
 /* The inode members of the hot path lie close together: read them with
  * one helper call instead of four. */
@@ -150,6 +194,28 @@ struct inode_span { u64 w[INODE_SPAN_LEN / 8]; };     /* 8-byte aligned span */
 	else if (SZ_##M == 2) dst = *(u16 *)_p;                                   \
 	else dst = *(u8 *)_p;                                                     \
 } while (0)
+
+/* The orphan record of `inode` (made from the walk in *w when new), or 0. */
+static __always_inline struct orphan_val *orphan_of(u64 inode, u64 ino, struct orphan_val *w)
+{
+	struct orphan_key k = { .inode = inode, .ino = ino };
+	struct orphan_val *v = orphans.lookup(&k);
+	if (v || !w)
+		return v;
+	u32 idx = KS_ORPHAN_ID;
+	u64 *id = kstate.lookup(&idx);
+	if (!id)
+		return 0;
+	w->id = (u32)__sync_fetch_and_add(id, 1) + 1;
+	w->seq = (u32)kstate_get(KS_MOUNT_SEQ);
+	w->first_ns = bpf_ktime_get_ns();
+	__builtin_memset(&w->s, 0, sizeof(w->s));
+	orphans.insert(&k, w);            /* BPF_NOEXIST: another CPU's record wins */
+	v = orphans.lookup(&k);
+	if (!v)
+		count(CNT_ORPHANS_FULL);
+	return v;
+}
 
 /* Which overlay (or which upper fs, outside any overlay) owns `inode`?
  * Returns 0 when the inode is not on an upper fs we watch. */
@@ -180,14 +246,28 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	struct icache_ent ce = {};
 	if (c)
 		ce = *c;          /* one copy, checked and used: *c may change meanwhile */
+	u32 epoch = cur_epoch();
 	if (ce.inode == key && ce.ino == ino && ce.igen == igen && ce.check == icache_check(&ce)) {
 		/* Not on a watched upper fs: valid until the set of watched
 		 * filesystems changes. */
-		if (ce.role == ROLE_NONE && ce.epoch == cur_epoch())
+		if (ce.role == ROLE_NONE && ce.epoch == epoch)
 			return 0;
 		/* positive answers stay valid while their slot lives; "outside
-		 * any overlay" ones until the set of overlays changes */
-		if (ce.role != ROLE_FS ? slot_alive(ce.slot, ce.gen) : ce.epoch == cur_epoch()) {
+		 * any overlay" ones until the set of overlays changes; orphans
+		 * also while userspace has not taken theirs */
+		if (ce.role == ROLE_ORPHAN) {
+			if (ce.epoch == epoch) {
+				struct orphan_val *ov = orphan_of(key, ino, 0);
+				if (ov && ov->id == ce.gen) {
+					o->slot = ORPHAN_SLOT;
+					o->gen = ce.gen;
+					o->role = ROLE_ORPHAN;
+					o->dev = ce.dev;
+					o->orphan = &ov->s;
+					return 1;
+				}
+			}
+		} else if (ce.role != ROLE_FS ? slot_alive(ce.slot, ce.gen) : ce.epoch == epoch) {
 			o->slot = ce.slot;
 			o->gen = ce.gen;
 			o->role = ce.role;
@@ -197,23 +277,25 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	}
 
 	/* Filter by superblock first: most inodes of other filesystems
-	 * leave here. */
+	 * leave here.  is_upper 2: an fs an overlay mount is using that
+	 * userspace has not seen yet, until the epoch changes. */
 	SPAN_GET(sb, sp, inode_i_sb);
 	if (!sb)
 		return 0;
 	struct sb_val *sv = sb_filter.lookup(&sb);
 	u32 dev;
 	int sv_upper;
-	if (sv && (sv->is_upper || sv->epoch == cur_epoch())) {
+	if (sv && (sv->is_upper == 1 || sv->epoch == epoch) &&
+	    (sv->is_upper || !in_overlay_mount())) {
 		sv_upper = sv->is_upper;
 		dev = sv->dev;
 	} else {
 		dev = 0;
 		KREAD(dev, sb, super_block_s_dev);
 		struct slot_ref *u = upper_devs.lookup(&dev);
-		struct sb_val nv = { .dev = dev, .is_upper = u ? 1 : 0, .epoch = cur_epoch() };
+		sv_upper = u ? 1 : in_overlay_mount() ? 2 : 0;
+		struct sb_val nv = { .dev = dev, .is_upper = sv_upper, .epoch = epoch };
 		sb_filter.update(&sb, &nv);
-		sv_upper = u ? 1 : 0;
 	}
 	if (!sv_upper) {
 		/* remember "not ours" for this inode: the next event costs no
@@ -226,26 +308,34 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	count(CNT_CACHE_MISS);
 
 	/* Miss: walk inode -> its dentry -> parents until an upperdir or a
-	 * workdir of a known overlay on this fs. */
+	 * workdir of a known overlay on this fs.  While mounts are unsettled
+	 * the walk's inode numbers are kept for an orphan record. */
+	int unsettled = mounts_unsettled();
 	struct slot_ref *fs = upper_devs.lookup(&dev);
-	if (!fs)
+	if (!fs && !unsettled)
 		return 0;
-	o->slot = fs->slot;
-	o->gen = fs->gen;
+	o->slot = fs ? fs->slot : 0;
+	o->gen = fs ? fs->gen : 0;
 	o->role = ROLE_FS;
 
 	u64 first = 0;
 	KREAD(first, inode, inode_i_dentry);
 	if (!first) {
 		count(CNT_WALK_NO_DENTRY);
-		return 1;                          /* unattributed, not cached */
+		return fs != 0;                    /* unattributed, not cached */
 	}
+	u32 zero = 0;
+	struct orphan_val *w = unsettled ? orphan_scratch.lookup(&zero) : 0;
 	void *dentry = (void *)(first - OFF_dentry_d_alias);
 	u64 dino = ino;
 	int found = 0;
+	u32 levels = 0;
 	struct dir_key dk = { .dev = dev };
 	for (int i = 0; i < OVL_MAX_DEPTH; i++) {
 		dk.ino = dino;
+		levels = i + 1;
+		if (w)
+			w->anc[i & (ORPHAN_ANC - 1)] = dino;
 		struct dir_val *dv = dirs.lookup(&dk);
 		if (dv) {
 			o->slot = dv->slot;
@@ -269,7 +359,22 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	}
 	if (!found) {
 		count(CNT_WALK_TOO_DEEP);
-		return 1;
+		return fs != 0;
+	}
+	if (found == 2 && w) {
+		w->dev = dev;
+		w->levels = levels;
+		struct orphan_val *ov = orphan_of(key, ino, w);
+		if (ov) {
+			o->slot = ORPHAN_SLOT;
+			o->gen = ov->id;
+			o->role = ROLE_ORPHAN;
+			o->orphan = &ov->s;
+		} else if (!fs) {
+			return 0;
+		}
+	} else if (!fs && found == 2) {
+		return 0;
 	}
 	/* Temp files in workdir become upper files when copy-up renames them:
 	 * don't cache the workdir answer. */
@@ -348,7 +453,7 @@ static __always_inline void on_inode_dirty(void *inode, u64 flags)
 	u64 bytes = take_pending_bytes(o.mapping, flags);
 	if (!ours)
 		return;
-	struct ovl_stats *s = slot_stats(o.slot);
+	struct ovl_stats *s = owner_stats(&o);
 	if (!s)
 		return;
 	int estimate = o.role == ROLE_WORK && !fn_copy_up_on();   /* rare: workdir only */
@@ -507,7 +612,7 @@ static __always_inline void on_inode_written(void *inode, u64 pages)
 	struct owner o = {};
 	if (!ovl_resolve(inode, &o))
 		return;
-	struct ovl_stats *s = slot_stats(o.slot);
+	struct ovl_stats *s = owner_stats(&o);
 	u64 bytes = pages * K_PAGE_SIZE;
 	if (s && pages)
 		__sync_fetch_and_add(&s->bytes_written_back, bytes);
@@ -569,7 +674,7 @@ static __always_inline void on_wb_error(void *mapping, s32 errno)
 	struct owner o = {};
 	if (!ovl_resolve((void *)inode, &o))
 		return;
-	struct ovl_stats *s = slot_stats(o.slot);
+	struct ovl_stats *s = owner_stats(&o);
 	if (s)
 		__sync_fetch_and_add(&s->writeback_errors, 1);
 	struct event *e = error_events.ringbuf_reserve(sizeof(struct event));
@@ -787,6 +892,234 @@ TRACEPOINT_PROBE(syscalls, sys_enter_umount)
 TRACEPOINT_PROBE(syscalls, sys_exit_umount)
 {
 	flush_end(args->ret);
+	return 0;
+}
+#endif
+
+#ifdef HOOK_mounts
+/* ---- overlay mounts, as they happen --------------------------------------
+ * Userspace learns of an overlay from these events even when it is gone
+ * before the mount table could be read; until it has seen every mount
+ * begun (CFG_SETTLED), dirtying under no known overlay is kept as orphans.
+ * mount(2), and the new API: fsopen("overlay") -> fsconfig(upperdir,
+ * workdir, ..., CMD_CREATE) -> fsmount -> move_mount. */
+
+/* sys_enter_*: the syscall's arguments follow __syscall_nr, 8 bytes each
+ * (their field names differ between kernels: "fs_name" / "_fs_name") */
+#define SC_ARG(i) (*(u64 *)((char *)args + 16 + 8 * (i)))
+#define U64_overlay  0x0079616c7265766fULL   /* "overlay\0" */
+#define U64_upperdir 0x7269647265707075ULL   /* "upperdir" */
+#define U64_workdir  0x007269646b726f77ULL   /* "workdir\0" */
+#define K_MS_REMOUNT 32
+#define K_MS_BIND 4096
+#define K_MS_MOVE 8192
+#define K_FSCONFIG_SET_STRING 1
+#define K_FSCONFIG_CMD_CREATE 6
+#define K_FSCONFIG_CMD_CREATE_EXCL 8
+
+BPF_PERCPU_ARRAY(mount_scratch, struct mount_event, 1);       /* too big for the stack */
+BPF_TABLE("lru_hash", u64, u32, ovl_fds, 1024);   /* tgid << 32 | fd: an overlay fs context or its mount */
+BPF_HASH(fd_call, u32, s32, 1024);               /* tid -> fsopen("overlay") (-1) or fsmount's fs fd */
+
+/* a user string that is "overlay" (len 8 with its NUL), or (len 9) "upperdir" */
+static __always_inline u64 user_word(const void *user, long *len)
+{
+	char t[16] = {};
+	*len = bpf_probe_read_user_str(t, sizeof(t), user);
+	return *(u64 *)t;
+}
+
+static __always_inline int is_overlay(const void *user)
+{
+	long len;
+	return user_word(user, &len) == U64_overlay && len == 8;
+}
+
+static __always_inline u64 fd_key(s32 fd)
+{
+	return (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (u32)fd;
+}
+
+static __always_inline struct mount_event *mount_event_new(u32 kind, s32 fd)
+{
+	u32 zero = 0;
+	struct mount_event *e = mount_scratch.lookup(&zero);
+	if (e)
+		mount_event_init(e, kind, fd);
+	return e;
+}
+
+static __always_inline void mount_event_send(struct mount_event *e, long n)
+{
+	u64 len = n > 0 ? n : 0;
+	if (len > MOUNT_DATA_LEN)
+		len = MOUNT_DATA_LEN;
+	asm volatile("" : "+r"(len));        /* keep the mask: the verifier needs it */
+	len &= 2 * MOUNT_DATA_LEN - 1;
+	if (len > MOUNT_DATA_LEN)
+		return;
+	e->len = len;
+	if (mount_events.ringbuf_output(e, __builtin_offsetof(struct mount_event, data) + len, 0))
+		count(CNT_MOUNT_EVENTS_DROPPED);
+}
+
+static __always_inline void mount_begin(u32 kind, u64 dir, u64 data, s32 fd)
+{
+	u32 idx = KS_MOUNT_SEQ;
+	u64 *seq = kstate.lookup(&idx);
+	idx = KS_MOUNTS_INFLIGHT;
+	u64 *inflight = kstate.lookup(&idx);
+	if (!seq || !inflight)
+		return;
+	struct mounting_val m = { .start_ns = bpf_ktime_get_ns(), .dir = dir, .data = data,
+	                          .kind = kind, .fd = fd };
+	m.seq = (u32)__sync_fetch_and_add(seq, 1) + 1;
+	__sync_fetch_and_add(inflight, 1);
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	mounting.update(&tid, &m);
+}
+
+static __always_inline void mount_end(s64 ret)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct mounting_val *m = mounting.lookup(&tid);
+	if (!m)
+		return;
+	u32 idx = KS_MOUNTS_INFLIGHT;
+	u64 *inflight = kstate.lookup(&idx);
+	if (inflight)
+		__sync_fetch_and_add(inflight, -1);
+	struct mount_event *e = mount_event_new(m->kind, m->fd);
+	if (e) {
+		e->seq = m->seq;
+		e->ret = ret;
+		e->ts_ns = m->start_ns;
+		if (m->dir)
+			bpf_probe_read_user_str(e->dir, sizeof(e->dir), (void *)m->dir);
+		long n = 0;
+		if (m->data)
+			n = bpf_probe_read_user_str(e->data, MOUNT_DATA_LEN, (void *)m->data);
+		mount_event_send(e, n);
+	}
+	mounting.delete(&tid);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mount)
+{
+	/* (dev_name, dir_name, type, flags, data) */
+	if (SC_ARG(3) & (K_MS_REMOUNT | K_MS_BIND | K_MS_MOVE))
+		return 0;
+	if (is_overlay((void *)SC_ARG(2)))
+		mount_begin(MK_MOUNT, SC_ARG(1), SC_ARG(4), -1);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_mount)
+{
+	mount_end(args->ret);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fsopen)
+{
+	if (is_overlay((void *)SC_ARG(0))) {
+		u32 tid = (u32)bpf_get_current_pid_tgid();
+		s32 v = -1;
+		fd_call.update(&tid, &v);
+	}
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_fsopen)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	if (!fd_call.lookup(&tid))
+		return 0;
+	fd_call.delete(&tid);
+	if (args->ret >= 0) {
+		u64 k = fd_key(args->ret);
+		u32 one = 1;
+		ovl_fds.update(&k, &one);
+	}
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fsconfig)
+{
+	/* (fd, cmd, key, value, aux) */
+	s32 fd = SC_ARG(0);
+	u32 cmd = SC_ARG(1);
+	u64 k = fd_key(fd);
+	if (!ovl_fds.lookup(&k))
+		return 0;
+	if (cmd == K_FSCONFIG_CMD_CREATE || cmd == K_FSCONFIG_CMD_CREATE_EXCL) {
+		mount_begin(MK_FS_CREATE, 0, 0, fd);
+		return 0;
+	}
+	if (cmd != K_FSCONFIG_SET_STRING)
+		return 0;
+	long len;
+	u64 w = user_word((void *)SC_ARG(2), &len);
+	u32 kind = w == U64_upperdir && len == 9 ? MK_FS_UPPER :
+	           w == U64_workdir && len == 8 ? MK_FS_WORK : 0;
+	if (!kind)
+		return 0;
+	struct mount_event *e = mount_event_new(kind, fd);
+	if (e)
+		mount_event_send(e, bpf_probe_read_user_str(e->data, MOUNT_DATA_LEN, (void *)SC_ARG(3)));
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_fsconfig)
+{
+	mount_end(args->ret);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_fsmount)
+{
+	s32 fd = SC_ARG(0);
+	u64 k = fd_key(fd);
+	if (ovl_fds.lookup(&k)) {
+		u32 tid = (u32)bpf_get_current_pid_tgid();
+		fd_call.update(&tid, &fd);
+	}
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_fsmount)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	s32 *fs_fd = fd_call.lookup(&tid);
+	if (!fs_fd)
+		return 0;
+	s32 fd = *fs_fd;
+	fd_call.delete(&tid);
+	if (args->ret < 0)
+		return 0;
+	u64 k = fd_key(args->ret);
+	u32 one = 1;
+	ovl_fds.update(&k, &one);
+	struct mount_event *e = mount_event_new(MK_FSMOUNT, fd);
+	if (e) {
+		e->ret = args->ret;
+		mount_event_send(e, 0);
+	}
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_move_mount)
+{
+	/* (from_dfd, from_pathname, to_dfd, to_pathname, flags) */
+	s32 fd = SC_ARG(0);
+	u64 k = fd_key(fd);
+	if (!ovl_fds.lookup(&k))
+		return 0;
+	struct mount_event *e = mount_event_new(MK_MOVE_MOUNT, fd);
+	if (e) {
+		bpf_probe_read_user_str(e->dir, sizeof(e->dir), (void *)SC_ARG(3));
+		mount_event_send(e, 0);
+	}
 	return 0;
 }
 #endif

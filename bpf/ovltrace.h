@@ -9,13 +9,20 @@
 #define PATH_LEN 128
 
 enum dirty_class { DC_PAGES, DC_SYNC, DC_DATASYNC, DC_TIME, DC_NR };
-enum role { ROLE_NONE = 0, ROLE_UPPER = 1, ROLE_WORK = 2, ROLE_FS = 3 };
+enum role { ROLE_NONE = 0, ROLE_UPPER = 1, ROLE_WORK = 2, ROLE_FS = 3,
+	     ROLE_ORPHAN = 4 /* under no known overlay while a mount is unsettled */ };
 enum flush_kind { FLUSH_SYNCFS = 1, FLUSH_SYNC = 2, FLUSH_UMOUNT = 3 };
 enum event_type { EV_FLUSH = 1, EV_WB_ERROR = 2, EV_ERR_RETURNED = 3,
-		  EV_FLUSH_DONE = 4 /* umount: its sync_filesystem returned */ };
+		  EV_FLUSH_DONE = 4 /* umount: its sync_filesystem returned */,
+		  EV_MOUNT = 5 /* struct mount_event */ };
 
 /* config[] indexes */
-enum config_idx { CFG_EPOCH = 0, CFG_FN_COPY_UP = 1 /* copy_up not on the workdir estimate */, CFG_NR = 4 };
+enum config_idx { CFG_EPOCH = 0, CFG_FN_COPY_UP = 1 /* copy_up not on the workdir estimate */,
+		  CFG_SETTLED = 2 /* every overlay mount up to this seq is known to userspace */,
+		  CFG_NR = 4 };
+/* kstate[] indexes: written by the kernel side only */
+enum kstate_idx { KS_MOUNT_SEQ = 0 /* overlay mounts begun */, KS_MOUNTS_INFLIGHT = 1,
+		  KS_ORPHAN_ID = 2, KS_NR = 4 };
 
 #define COPYUP_LAT_SLOTS 16   /* log2(microseconds) buckets of copy-up latency */
 enum ret_kind { RK_SYNCFS = 1, RK_FSYNC = 2, RK_FDATASYNC = 3 };
@@ -24,7 +31,7 @@ enum ret_kind { RK_SYNCFS = 1, RK_FSYNC = 2, RK_FDATASYNC = 3 };
 enum counter {
 	CNT_EVENTS_DROPPED, CNT_CACHE_MISS, CNT_WALK_TOO_DEEP,
 	CNT_WALK_NO_DENTRY, CNT_MAP_FULL, CNT_FLUSH_WORKS, CNT_FOLIO_UNMATCHED,
-	CNT_ERROR_EVENTS_DROPPED, CNT_NR = 16
+	CNT_ERROR_EVENTS_DROPPED, CNT_MOUNT_EVENTS_DROPPED, CNT_ORPHANS_FULL, CNT_NR = 16
 };
 
 /* Each overlay, and the rest of each upper fs, owns a slot.  A slot is
@@ -52,6 +59,50 @@ struct ovl_stats {              /* per slot, per CPU */
 	u64 copy_up_ns;             /* total time in copy-ups that copied */
 	u64 copy_up_latency[COPYUP_LAT_SLOTS];  /* [i]: 2^i <= us < 2^(i+1); [0]: < 2 us; last: all above */
 	u64 sb_errseq_advances;     /* upper fs slot: syncs during which s_wb_err moved */
+};
+
+/* Orphans: upper-fs inodes dirtied under no known overlay while some overlay
+ * mount is not yet known to userspace (kstate[KS_MOUNT_SEQ] !=
+ * config[CFG_SETTLED]).  Each keeps its own counters and the directory
+ * inode numbers above it, so userspace can charge it to the overlay whose
+ * upperdir or workdir is among them once it learns of that mount, even one
+ * that is gone by then.  References to it carry slot ORPHAN_SLOT and the
+ * orphan's id as gen. */
+#define ORPHAN_SLOT 0xffffffffU
+#define ORPHAN_ANC 16             /* power of 2: ancestors kept, nearest the fs root */
+struct orphan_key { u64 inode; u64 ino; };
+struct orphan_val {
+	u32 id;
+	u32 dev;                     /* upper fs s_dev */
+	u32 seq;                     /* kstate[KS_MOUNT_SEQ] when it was made */
+	u32 levels;                  /* levels walked, the inode itself to the root */
+	u64 first_ns;
+	u64 anc[ORPHAN_ANC];         /* inode number of level i at anc[i % ORPHAN_ANC] */
+	struct ovl_stats s;
+};
+
+/* An overlay mount seen in the kernel (mount(2), or the fsopen/fsconfig/
+ * fsmount/move_mount steps of the new API).  Sent with only the bytes of
+ * data[] that were read. */
+enum mount_kind { MK_MOUNT = 1 /* data: the options */, MK_FS_UPPER = 2 /* data: upperdir */,
+		  MK_FS_WORK = 3 /* data: workdir */, MK_FS_CREATE = 4, MK_FSMOUNT = 5 /* ret: mount fd */,
+		  MK_MOVE_MOUNT = 6 /* dir: where */ };
+#define MOUNT_DATA_LEN 4096       /* mount(2) copies at most a page of options */
+struct mount_event {
+	u32 type;                    /* EV_MOUNT */
+	u32 kind;
+	u32 pid;
+	u32 tid;
+	u32 seq;                     /* MK_MOUNT, MK_FS_CREATE: kstate[KS_MOUNT_SEQ] it took */
+	s32 ret;
+	s32 fd;                      /* new API: the fs context (or mount) fd */
+	u32 len;                     /* bytes of data[] sent */
+	u64 ts_ns;                   /* syscall entry */
+	u64 end_ns;                  /* syscall exit */
+	u64 cgroup_id;
+	char comm[COMM_LEN];
+	char dir[PATH_LEN * 2];
+	char data[MOUNT_DATA_LEN];
 };
 
 struct dirty_val { u32 slot; u32 gen; u64 since_ns; u64 ino; };
@@ -133,6 +184,22 @@ static __always_inline void event_init_flush(struct event *e, u32 type,
 	e->sb_err_advanced = st->sb_err_advanced;
 	__builtin_memcpy(e->comm, st->comm, COMM_LEN);
 	__builtin_memcpy(e->path, st->path, PATH_LEN);
+}
+
+/* a mount event, stamped with the current task, now; data[] is not zeroed:
+ * only the bytes read into it are sent */
+static __always_inline void mount_event_init(struct mount_event *e, u32 kind, s32 fd)
+{
+	__builtin_memset(e, 0, __builtin_offsetof(struct mount_event, data));
+	e->type = EV_MOUNT;
+	e->kind = kind;
+	e->fd = fd;
+	u64 id = bpf_get_current_pid_tgid();
+	e->pid = id >> 32;
+	e->tid = (u32)id;
+	e->ts_ns = e->end_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 }
 
 #endif

@@ -185,13 +185,15 @@ _FLAG_ORDER = ("volatile", "metacopy", "index", "userxattr", "redirect_dir",
                "nfs_export", "xino", "ro")
 
 
-def parse_overlay_options(super_options: str) -> dict:
+def parse_overlay_options(super_options: str, octal: bool = True) -> dict:
     """Split overlay super options (raw mountinfo text) into paths and flags.
 
     Returns {"upperdir": str|None, "workdir": str|None, "lowerdirs": tuple,
     "flags": tuple (normalized, only those on), "raw": {key: value}}.
-    Values of raw are kernel-unescaped but keep overlay escapes.
+    Values of raw are kernel-unescaped but keep overlay escapes.  octal=False
+    for mount(2)'s data, which only has overlay's own backslash escapes.
     """
+    unescape_ = unescape if octal else (lambda v: v)
     upper = work = None
     lowers: list[str] = []
     datas: list[str] = []
@@ -201,7 +203,7 @@ def parse_overlay_options(super_options: str) -> dict:
         if not opt:
             continue
         key, eq, val = opt.partition("=")
-        val = unescape(val)
+        val = unescape_(val)
         if key == "lowerdir+":
             lowers.append(val)          # fsconfig form: one raw path per option
         elif key == "datadir+":
@@ -229,6 +231,16 @@ def parse_overlay_options(super_options: str) -> dict:
 
 
 # ---------------------------------------------------------------- discovery
+
+def mount_of_dev(dev: str, proc: str = "/proc") -> MountInfoLine | None:
+    """The first mount of filesystem `dev` ("major:minor") in our namespace."""
+    try:
+        with open(f"{proc}/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = parse_mountinfo(f.read())
+    except (OSError, MountInfoError):
+        return None
+    return next((m for m in lines if m.dev == dev), None)
+
 
 def _containing_mount(path: str, by_mp: dict[str, MountInfoLine]) -> MountInfoLine | None:
     """The mount holding `path`: longest mountpoint prefix, walking up O(depth)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ class Limits:
     icache: int = 65536            # a power of 2
     dirty: int = 65536
     victims: int = 16384
+    orphans: int = 8192            # inodes dirtied before userspace knew their overlay
     ringbuf_pages: int = 64
     umount_tail_ms: int = 2000
 
@@ -102,6 +104,7 @@ class Limits:
         return [f"-DMAX_SLOTS={self.max_slots}", f"-DMAX_UPPER_FS={self.max_upper_fs}",
                 f"-DMAX_DIRS={2 * self.max_slots}", f"-DICACHE_SIZE={self.icache}",
                 f"-DDIRTY_SIZE={self.dirty}", f"-DMAX_VICTIMS={self.victims}",
+                f"-DORPHAN_SIZE={self.orphans}",
                 f"-DRINGBUF_PAGES={self.ringbuf_pages}",
                 f"-DUMOUNT_TAIL_NS={self.umount_tail_ms * 1_000_000}ULL"]
 
@@ -126,6 +129,56 @@ class RawEvent:
     synced_dev: int = 0            # sync_filesystem hook: the upper sb synced
     sb_errseq: int = 0             # its s_wb_err after the sync
     sb_err_advanced: int = 0       # s_wb_err moved during the flush
+
+
+ORPHAN_ANC = 16      # bpf/ovltrace.h
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """An upper-fs inode dirtied under no overlay userspace knew (orphans in
+    bpf/ovltrace.h)."""
+    key: tuple[int, int]          # (inode address, inode number): the map key
+    id: int
+    dev: int                      # upper fs, kernel encoding
+    seq: int                      # overlay mounts begun when it was made
+    first_ns: int
+    ancestors: tuple[int, ...]    # inode numbers from the inode up, as far as kept
+    counters: Counters
+
+
+@dataclass
+class RawMount:
+    """An overlay mount step the kernel reported (struct mount_event)."""
+    kind: int
+    pid: int
+    tid: int
+    seq: int
+    ret: int
+    fd: int
+    ts_ns: int
+    end_ns: int
+    cgroup_id: int
+    comm: str
+    dir: str
+    data: str
+    type: int = bpfdefs.EV_MOUNT
+
+
+# struct mount_event without data[]: parsed by hand, since only the bytes of
+# data[] that were read are sent (tests/test_counters.py checks the layout)
+MOUNT_EVENT_HEAD = struct.Struct("<5I2iI3Q16s256s")
+
+
+def parse_mount_event(raw: bytes) -> RawMount:
+    (_type, kind, pid, tid, seq, ret, fd, n, ts, end, cg, comm,
+     dir_) = MOUNT_EVENT_HEAD.unpack_from(raw)
+    data = raw[MOUNT_EVENT_HEAD.size:MOUNT_EVENT_HEAD.size + n]
+    return RawMount(kind, pid, tid, seq, ret, fd, ts, end, cg, _cstr(comm), _cstr(dir_), _cstr(data))
+
+
+def _cstr(b: bytes) -> str:
+    return decode(b.split(b"\0")[0])
 
 
 class Probes:
@@ -231,6 +284,8 @@ class Probes:
                     f"{h.name}: {h.reason}" for h in self.chosen.values()) + ")")
             self.bpf["events"].open_ring_buffer(self._on_event)
             self.bpf["error_events"].open_ring_buffer(self._on_event)
+            if self.chosen["mounts"].mechanism:
+                self.bpf["mount_events"].open_ring_buffer(self._on_mount_event)
         except BaseException:
             self.close()
             raise
@@ -283,6 +338,10 @@ class Probes:
         self.bpf["sb_filter"].clear()
         return ref
 
+    @property
+    def free_slots(self) -> int:
+        return len(self._free_slots)
+
     def watch_overlay(self, ovl_dev: int, upper_dev: int, upper_ino: int | None,
                       work_ino: int | None) -> tuple[int, int] | None:
         ref = self._alloc_slot()
@@ -293,8 +352,9 @@ class Probes:
         for ino, role in ((upper_ino, bpfdefs.ROLE_UPPER), (work_ino, bpfdefs.ROLE_WORK)):
             if ino:
                 dirs[dirs.Key(upper_dev, 0, ino)] = dirs.Leaf(slot, gen, role, 0)
-        od = self.bpf["ovl_devs"]
-        od[ctypes.c_uint32(ovl_dev)] = od.Leaf(slot, gen)
+        if ovl_dev:                 # 0: gone before it was seen (only its dirs are known)
+            od = self.bpf["ovl_devs"]
+            od[ctypes.c_uint32(ovl_dev)] = od.Leaf(slot, gen)
         self._set_epoch()   # cached "outside any overlay" answers are void now
         return ref
 
@@ -317,20 +377,35 @@ class Probes:
     def read_stats(self, slots: list[int]) -> dict[int, Counters]:
         """Each slot's counters, summed over CPUs, by the counter schema."""
         table = self.bpf["stats"]
-        out = {}
-        for slot in slots:
-            per_cpu = table.getvalue(ctypes.c_int(slot))
-            values = []
-            for d in COUNTERS:
-                cols = [getattr(v, d.member) for v in per_cpu]
-                if d.length:
-                    values.append(tuple(sum(c[i] for c in cols) for i in range(d.length)))
-                elif d.index is not None:
-                    values.append(sum(c[d.index] for c in cols))
-                else:
-                    values.append(sum(cols))
-            out[slot] = Counters(*values)
+        return {slot: _counters(table.getvalue(ctypes.c_int(slot))) for slot in slots}
+
+    # -- mounts as they happen, and the orphans they leave -----------------
+    def mounts_begun(self) -> int:
+        """Overlay mounts the kernel side has seen begin (their seq numbers
+        run 1..this)."""
+        return self.bpf["kstate"][ctypes.c_int(bpfdefs.KS_MOUNT_SEQ)].value
+
+    def settle(self, seq: int) -> None:
+        """Userspace knows every overlay mount up to `seq`: once that is all
+        of them, the kernel stops keeping orphans."""
+        self.set_config(bpfdefs.CFG_SETTLED, seq & 0xFFFFFFFF)
+
+    def read_orphans(self) -> list[Orphan]:
+        out = []
+        for k, v in self.bpf["orphans"].items():
+            n = v.levels
+            anc = [v.anc[i % ORPHAN_ANC] for i in range(max(0, n - ORPHAN_ANC), n)]
+            out.append(Orphan((k.inode, k.ino), v.id, v.dev, v.seq, v.first_ns,
+                              tuple(anc), _counters([v.s])))
         return out
+
+    def drop_orphans(self, keys: list[tuple[int, int]]) -> None:
+        table = self.bpf["orphans"]
+        for inode, ino in keys:
+            try:
+                del table[table.Key(inode, ino)]
+            except KeyError:
+                pass
 
     def read_counters(self) -> dict[str, int]:
         table = self.bpf["counters"]
@@ -421,7 +496,7 @@ class Probes:
     def map_fill(self) -> dict[str, tuple[int, int]]:
         """(entries, capacity) of the maps that can fill up."""
         out = {}
-        for name in ("dirty_inodes", "victims", "dirs", "flushes"):
+        for name in ("dirty_inodes", "victims", "dirs", "flushes", "orphans"):
             t = self.bpf[name]
             out[name] = (len(t), t.max_entries)
         return out
@@ -431,6 +506,9 @@ class Probes:
         ev, self.events = self.events, []
         return ev
 
+    def _on_mount_event(self, _ctx, data, size) -> None:
+        self.events.append(parse_mount_event(ctypes.string_at(data, size)))
+
     def _on_event(self, _ctx, data, _size) -> None:
         e = self.bpf["events"].event(data)
         self.events.append(RawEvent(
@@ -438,6 +516,20 @@ class Probes:
             e.ino, e.flush_id, e.cgroup_id, decode(bytes(e.comm).split(b"\0")[0]),
             decode(bytes(e.path).split(b"\0")[0]),
             e.synced_dev, e.sb_errseq, e.sb_err_advanced))
+
+
+def _counters(structs) -> Counters:
+    """struct ovl_stats (one, or one per CPU) -> Counters, by the schema."""
+    values = []
+    for d in COUNTERS:
+        cols = [getattr(v, d.member) for v in structs]
+        if d.length:
+            values.append(tuple(sum(c[i] for c in cols) for i in range(d.length)))
+        elif d.index is not None:
+            values.append(sum(c[d.index] for c in cols))
+        else:
+            values.append(sum(cols))
+    return Counters(*values)
 
 
 def check_stats_layout(leaf) -> None:

@@ -10,29 +10,36 @@ import os
 import select
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 
 from . import bpfdefs
 from .containers import CgroupIds, Resolver, cgroup_of_pid
+from .counters import Counters
 from .errors import OvltraceError
 from .model import ErrorReturned, Flush, Model, OverlayMeta, Victim, WbError
-from .mounts import MountWatcher, Overlay, UnknownOverlayError, discover
-from .probes import Limits, Probes, RawEvent, format_dev, parse_dev
+from .mountevents import Assembler, SeenMount, Settler, resolve_dir
+from .mounts import MountWatcher, Overlay, UnknownOverlayError, discover, mount_of_dev
+from .probes import Limits, Orphan, Probes, RawEvent, format_dev, kdev, parse_dev
 
 GONE_GRACE = 5.0        # keep a gone overlay's slot this long: its umount flush comes after
 DIRTY_MAX_AGE = 300.0   # an inode "dirty" longer than this was deleted while dirty
 RECORD_RETENTION = 120.0  # flushes/errors kept by long-running views: scrape more often than this
+ORPHAN_WAIT = 10.0      # a flush or error naming an undecided orphan waits this long at most
+ORPHAN_OWNERS_KEPT = 65536
 
 
 @dataclass
 class _Watched:
     key: str
-    slot: int
+    slot: int | None            # None: an overlay gone before it was seen, and no slot to spare
     gen: int
     ov: Overlay | None          # None for an upper fs slot
     dev: int                    # kernel dev of the overlay sb (or of the upper fs)
     upper_dev: int
     gone_since: float | None = None
+    mounted_ns: int | None = None   # its mount syscall began (seen by the mounts hook)
+    seq: int | None = None          # known only from its mount event: that mount's seq
 
 
 @dataclass
@@ -75,6 +82,15 @@ class Session:
         self.unattributed_events = 0
         self.flush_done: dict[int, int] = {}   # umount flush id -> end (sync_filesystem hook)
         self.cgroups = CgroupIds()
+        # mounts as they happen, and the orphans that wait for them
+        self.assembler = Assembler()
+        self.settler = Settler()
+        self.carry: dict[str, Counters] = {}     # key -> orphans' counters charged to it
+        self.orphan_owner: OrderedDict = OrderedDict()   # (ORPHAN_SLOT, id) -> key
+        self.orphans_waiting = 0                 # orphans left undecided by the last sample
+        self._orphan_errors: list[tuple[float, RawEvent]] = []
+        self.instant_overlays = 0                # overlays known only from their mount event
+        self.slotless: dict[str, _Watched] = {}  # ... those of them that got no slot
 
     # ---- clock -------------------------------------------------------------
     def now(self) -> float:
@@ -189,9 +205,13 @@ class Session:
 
     def _expire(self) -> None:
         now = self.now()
+        for key, w in list(self.slotless.items()):
+            if now - w.gone_since > GONE_GRACE:
+                self.model.counters(now, {key: self.carry.pop(key, Counters())})
+                del self.slotless[key]
         for slot, w in list(self.watched.items()):
             if w.gone_since is not None and now - w.gone_since > GONE_GRACE:
-                final = self.probes.read_stats([slot])[slot]
+                final = self.probes.read_stats([slot])[slot] + self.carry.pop(w.key, Counters())
                 self.model.counters(now, {w.key: final})
                 self.probes.unwatch_overlay(w.dev, w.upper_dev, w.ov.upper_ino, w.ov.work_ino, slot)
                 del self.watched[slot]
@@ -224,25 +244,30 @@ class Session:
     def step(self, timeout: float = 0.1) -> None:
         """Poll events for up to `timeout`, then bring the model up to date."""
         events = self.probes.poll(int(timeout * 1000))
+        seen, moved = self._read_mount_events([e for e in events if e.type == bpfdefs.EV_MOUNT])
         changes = sample = None
-        if self._mounts_changed() or \
+        if seen or self._mounts_changed() or \
                 time.monotonic() - self._last_refresh >= self.refresh_interval:
             self._last_refresh = time.monotonic()
             changes = self._read_mounts()
-        if time.monotonic() - self._last_sample >= self.sample_interval:
-            sample = self._read_sample(final=False)
         with self.lock:
             for ev in events:
-                self._on_event(ev)
+                if ev.type != bpfdefs.EV_MOUNT:
+                    self._on_event(ev)
             if changes is not None:
                 self._apply(*changes)
+            self._adopt(seen, moved)
+            if changes is not None:
                 self._expire()
                 if self.retention:
                     # flushes (each with its victims) and errors are only
                     # needed until views have consumed them
                     self.model.prune(self.now() - self.retention,
                                      self.now() - min(self.retention, RECORD_RETENTION))
-            if sample is not None:
+        self.probes.settle(self.settler.advance(self.probes.mounts_begun(), time.monotonic()))
+        if time.monotonic() - self._last_sample >= self.sample_interval:
+            sample = self._read_sample(final=False)
+            with self.lock:
                 self._store_sample(sample)
 
     def _read_sample(self, final: bool) -> tuple:
@@ -250,12 +275,148 @@ class Session:
         the maps without the lock."""
         self._last_sample = time.monotonic()
         now = self.now()
+        self._take_orphans()
         stats = self.probes.read_stats(list(self.watched))
-        counters = {self.watched[s].key: c for s, c in stats.items()}
+        counters = {self.watched[s].key: self._with_carry(self.watched[s].key, c)
+                    for s, c in stats.items()}
+        for key in self.slotless:
+            counters[key] = self._with_carry(key, Counters())
         return now, counters, self._dirty_now(), self._ready_flushes(final), self.self_stats()
+
+    def _with_carry(self, key: str, c: Counters) -> Counters:
+        carry = self.carry.get(key)
+        return c + carry if carry is not None else c
+
+    # ---- mounts as they happen ------------------------------------------------
+    def _read_mount_events(self, events: list) -> tuple[list, list]:
+        """The kernel's overlay mount events -> mounts with their directories
+        resolved (stat: I/O, so no lock held), and mount points learnt late."""
+        seen, moved = [], []
+        for ev in events:
+            sm, late = self.assembler.feed(ev)
+            if late is not None:
+                moved.append(late)
+            if sm is not None:
+                up = resolve_dir(sm.pid, sm.upperdir) if sm.ok else None
+                work = resolve_dir(sm.pid, sm.workdir) if up else None
+                seen.append((sm, up, work))
+        return seen, moved
+
+    def _adopt(self, seen: list, moved: list) -> None:
+        """Link each mount seen in the kernel to the overlay the mount table
+        showed, or, when it is gone already, watch it from its directories
+        alone.  Either way it can claim its orphans now."""
+        for sm, up, work in seen:
+            self.settler.take(sm.seq)
+            if up is None:
+                continue                      # failed, read-only, or its upperdir is gone
+            udev = kdev(os.major(up[0]), os.minor(up[0]))
+            w = self._live_overlay(udev, up[1])
+            if w is not None:
+                w.mounted_ns = sm.start_ns
+            elif self.only is None or (sm.target and os.path.normpath(sm.target) in self.only):
+                self._watch_instant(sm, udev, up, work)
+        for seq, target in moved:
+            for w in self._overlays():
+                if w.seq == seq and w.ov is not None and not w.ov.mountpoint:
+                    w.ov = replace(w.ov, mountpoint=target, mountpoints=(target,))
+                    self.model.metas[w.key].mountpoint = target
+
+    def _overlays(self):
+        """Every overlay watched: with a slot (live or in grace), and without."""
+        yield from self.watched.values()
+        yield from self.slotless.values()
+
+    def _live_overlay(self, udev: int, upper_ino: int) -> _Watched | None:
+        for w in self.watched.values():
+            if w.ov is not None and w.gone_since is None and w.upper_dev == udev \
+                    and w.ov.upper_ino == upper_ino:
+                return w
+        return None
+
+    def _watch_instant(self, sm: SeenMount, udev: int, up: tuple, work: tuple | None) -> None:
+        """An overlay that came and went before the mount table showed it."""
+        dev_s = format_dev(udev)
+        host = mount_of_dev(dev_s)
+        ov = Overlay(
+            mountpoint=sm.target or "", mnt_ns=_mnt_ns(sm.pid), mount_id=0, dev="",
+            upperdir=up[2], workdir=work[2] if work else None, lowerdirs=(),
+            upper_dev=dev_s, upper_fstype=host.fstype if host else None,
+            upper_ino=up[1], work_ino=work[1] if work and work[0] == up[0] else None,
+            options=sm.flags, pid=sm.pid,
+            upper_mountpoint=host.mountpoint if host else None,
+            upper_source=host.source if host else None)
+        if udev not in self.upper:
+            self._watch_upper(udev, ov)
+        # A slot lets the kernel charge what comes after (a volatile
+        # overlay's writeback); without one the orphans it left are all
+        # it gets.  A quarter of the slots stay for overlays that live.
+        ref = None
+        if self.probes.free_slots > self.probes.limits.max_slots // 4:
+            ref = self.probes.watch_overlay(0, udev, ov.upper_ino, ov.work_ino)
+        now = self.now()
+        if ref is not None:
+            slot, gen = ref
+            key = f"o{slot}.{gen}"
+            w = _Watched(key, slot, gen, ov, 0, udev, gone_since=now, mounted_ns=sm.start_ns,
+                         seq=sm.seq)
+            self.watched[slot] = w
+            self.by_slotgen[(slot, gen)] = key
+        else:
+            key = f"m{sm.seq}.{sm.start_ns}"
+            w = _Watched(key, None, 0, ov, 0, udev, gone_since=now, mounted_ns=sm.start_ns,
+                         seq=sm.seq)
+            self.slotless[key] = w
+        self.instant_overlays += 1
+        self.model.add(OverlayMeta(
+            key=key, kind="overlay", mountpoint=ov.mountpoint, upper_dev=dev_s,
+            mnt_ns=ov.mnt_ns, upperdir=ov.upperdir, workdir=ov.workdir, options=ov.options,
+            container=self.resolver.for_overlay(ov), fstype=ov.upper_fstype,
+            upper_source=ov.upper_source, dev=None,
+            first_seen=max(0.0, min(now, self._t(sm.start_ns)))))
+        self.model.gone(key, now)
+
+    # ---- orphans ---------------------------------------------------------------
+    def _take_orphans(self) -> None:
+        """Charge each orphan to the overlay whose upperdir or workdir is
+        above it and whose mount began before it; one that no mount still
+        unknown can claim belongs to the rest of its upper fs.  Decided
+        orphans leave the map; their counters are carried from then on."""
+        orphans = self.probes.read_orphans()
+        if not orphans:
+            self.orphans_waiting = 0
+            return
+        dirs: dict[tuple[int, int], _Watched] = {}
+        for w in self._overlays():
+            if w.ov is not None and w.mounted_ns is not None:
+                for ino in (w.ov.upper_ino, w.ov.work_ino):
+                    if ino:
+                        dirs[(w.upper_dev, ino)] = w
+        settled = self.settler.settled
+        done, waiting = [], 0
+        for o in orphans:
+            owner = _claimant(o, dirs)
+            if owner is None and o.seq > settled:
+                waiting += 1                  # a mount not yet known may own it
+                continue
+            if owner is None:
+                fs = self.upper.get(o.dev)
+                owner = fs.key if fs is not None else None
+            if owner is not None:
+                self.carry[owner] = self._with_carry(owner, o.counters)
+                _put(self.orphan_owner, (bpfdefs.ORPHAN_SLOT, o.id), owner)
+            done.append(o.key)
+        self.probes.drop_orphans(done)
+        self.orphans_waiting = waiting
+
+    def _key_of(self, slot: int, gen: int) -> str | None:
+        if slot == bpfdefs.ORPHAN_SLOT:
+            return self.orphan_owner.get((slot, gen))
+        return self.by_slotgen.get((slot, gen))
 
     def _store_sample(self, sample: tuple) -> None:
         now, counters, dirty, flushes, stats = sample
+        self._orphan_errors_decided(now)
         self.model.counters(now, counters, dirty)
         for f in flushes:
             self.model.flush(f)
@@ -265,9 +426,13 @@ class Session:
     def finish(self) -> Model:
         """Final read at the end of a session: close pending flushes."""
         events = self.probes.poll(0)
+        seen, moved = self._read_mount_events([e for e in events if e.type == bpfdefs.EV_MOUNT])
         with self.lock:
             for ev in events:
-                self._on_event(ev)
+                if ev.type != bpfdefs.EV_MOUNT:
+                    self._on_event(ev)
+            self._adopt(seen, moved)
+        self.settler.advance(self.probes.mounts_begun(), time.monotonic())
         sample = self._read_sample(final=True)
         with self.lock:
             self._store_sample(sample)
@@ -275,7 +440,12 @@ class Session:
 
     def _dirty_now(self) -> dict[str, int]:
         raw = self.probes.read_dirty_now(int(DIRTY_MAX_AGE * 1e9))
-        return {self.by_slotgen[k]: n for k, n in raw.items() if k in self.by_slotgen}
+        out: dict[str, int] = {}
+        for (slot, gen), n in raw.items():
+            key = self._key_of(slot, gen)
+            if key is not None:
+                out[key] = out.get(key, 0) + n
+        return out
 
     def self_stats(self) -> dict:
         p = self.probes
@@ -284,6 +454,8 @@ class Session:
         d["slots_exhausted"] = p.slots_exhausted
         d["overlays_watched"] = sum(1 for w in self.watched.values() if w.ov and w.gone_since is None)
         d["refresh_seconds"] = round(self.refresh_seconds, 6)
+        d["overlays_seen_only_mounting"] = self.instant_overlays
+        d["orphans_waiting"] = self.orphans_waiting
         # events the kernel did not run our programs for (see program_stats)
         d["recursion_misses"] = {n: m for n, (_ns, _c, m) in p.program_stats()[1].items() if m}
         return d
@@ -300,7 +472,10 @@ class Session:
         elif ev.type == bpfdefs.EV_FLUSH:
             self.pending.append(_PendingFlush(ev, self.now(), self._flush_target(ev)))
         elif ev.type == bpfdefs.EV_WB_ERROR:
-            key = self.by_slotgen.get((ev.slot, ev.gen))
+            key = self._key_of(ev.slot, ev.gen)
+            if key is None and ev.slot == bpfdefs.ORPHAN_SLOT:
+                self._orphan_errors.append((self.now(), ev))   # decided at the next sample
+                return
             if key is None:
                 self.unattributed_events += 1
                 return
@@ -314,6 +489,18 @@ class Session:
                                                     bpfdefs.RET_KINDS.get(ev.kind, "?"),
                                                     ev.err, ev.pid, ev.comm))
 
+    def _orphan_errors_decided(self, now: float) -> None:
+        waiting = []
+        for seen, ev in self._orphan_errors:
+            key = self._key_of(ev.slot, ev.gen)
+            if key is not None:
+                self.model.wb_error(WbError(self._t(ev.ts_ns), key, ev.ino, ev.err))
+            elif now - seen < ORPHAN_WAIT:
+                waiting.append((seen, ev))
+            else:
+                self.unattributed_events += 1
+        self._orphan_errors = waiting
+
     def _ready_flushes(self, final: bool) -> list[Flush]:
         """The flushes that are complete.  syncfs/sync are at syscall exit; an
         umount's flush runs after it (task work), so it is closed once its
@@ -325,6 +512,11 @@ class Session:
         now_k = time.monotonic_ns()
         for p in self.pending:
             ev = p.ev
+            if p.target is None and ev.kind == bpfdefs.FLUSH_UMOUNT:
+                p.target = self._overlay_at(ev.path, ev.ts_ns)    # known from its mount event now?
+            if self.orphans_waiting and not final and self.now() - p.seen < ORPHAN_WAIT:
+                waiting.append(p)             # its victims may be orphans not yet charged
+                continue
             if ev.kind == bpfdefs.FLUSH_UMOUNT and not final and ev.flush_id not in self.flush_done:
                 last = self.probes.flush_last(ev.flush_id) or ev.end_ns
                 if (now_k - max(last, ev.end_ns)) / 1e9 < tail:
@@ -357,7 +549,7 @@ class Session:
         if kind == "syncfs":
             return self.ovl_by_dev.get(ev.dev)
         if kind == "umount":
-            return self._overlay_at(ev.path)
+            return self._overlay_at(ev.path, ev.ts_ns)
         return None
 
     def _flush(self, ev: RawEvent, w: _Watched | None, end_ns: int, victims: dict) -> Flush | None:
@@ -370,7 +562,12 @@ class Session:
             upper_dev = format_dev(ev.dev)
         if upper_dev is None and ev.synced_dev and ev.synced_dev in self.upper:
             upper_dev = format_dev(ev.synced_dev)     # sync_filesystem hook: exact
-        vs = [Victim(self.by_slotgen[k], b) for k, b in victims.items() if k in self.by_slotgen]
+        by_key: dict[str, int] = {}
+        for (slot, gen), b in victims.items():
+            key = self._key_of(slot, gen)
+            if key is not None:
+                by_key[key] = by_key.get(key, 0) + b
+        vs = [Victim(k, b) for k, b in by_key.items()]
         vs.sort(key=lambda v: -v.bytes_written_back)
         if kind != "sync" and target is None and upper_dev is None and not vs:
             return None                       # a flush of some other filesystem
@@ -387,14 +584,20 @@ class Session:
                      synced_dev=format_dev(ev.synced_dev) if ev.synced_dev else None,
                      sb_err_advanced=bool(ev.sb_err_advanced))
 
-    def _overlay_at(self, path: str) -> _Watched | None:
+    def _overlay_at(self, path: str, before_ns: int) -> _Watched | None:
+        """The overlay mounted at `path` (live or in its grace period); of
+        several, the one mounted last before `before_ns`."""
         if not path:
             return None
         norm = os.path.normpath(path)
-        for w in self.watched.values():       # live ones and those in their grace period
-            if w.ov is not None and os.path.normpath(w.ov.mountpoint) == norm:
-                return w
-        return None
+        best = None
+        for w in self._overlays():
+            if w.ov is None or not w.ov.mountpoint or os.path.normpath(w.ov.mountpoint) != norm:
+                continue
+            t = w.mounted_ns or 0
+            if t <= before_ns and (best is None or t > (best.mounted_ns or 0)):
+                best = w
+        return best
 
     def _container_of(self, pid: int, cgroup_id: int):
         """The caller's container: from the cgroup v2 id BPF recorded (the
@@ -408,3 +611,26 @@ class Session:
             return self.resolver.for_cgroup(cgroup_of_pid(pid))
         except (OSError, ValueError):
             return None
+
+
+def _claimant(o: Orphan, dirs: dict[tuple[int, int], _Watched]) -> str | None:
+    """The overlay an orphan belongs to: the nearest directory above it
+    that is an upperdir or workdir of an overlay mounted before it."""
+    for ino in o.ancestors:                  # the inode itself first, then up
+        w = dirs.get((o.dev, ino))
+        if w is not None and w.mounted_ns is not None and w.mounted_ns <= o.first_ns:
+            return w.key
+    return None
+
+
+def _put(d: OrderedDict, k, v) -> None:
+    d[k] = v
+    if len(d) > ORPHAN_OWNERS_KEPT:
+        d.popitem(last=False)
+
+
+def _mnt_ns(pid: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return 0

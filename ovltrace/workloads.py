@@ -313,3 +313,71 @@ def error_leak_scenario(sb_factory: Callable[[], Sandbox] | None = None, total_m
     return LeakResult(upper_dev=upper_dev, b_ino=b_ino, backing_filled=filled, a_syncfs=a_rc,
                       b_syncfs_write_fd=b_fd_rc, b_syncfs_fresh_fd=b_fresh_rc, b_fsync=b_fsync_rc,
                       upper_syncfs=upper_rc, seconds=time.monotonic() - t0)
+
+
+# ---- instant containers: mount, write, unmount, no pause ----------------------
+
+_SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432   # x86_64
+_FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 1, 6
+_MOVE_MOUNT_F_EMPTY_PATH, _AT_FDCWD = 4, -100
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+def mount_overlay(lower: str, upper: str, work: str, target: str, new_api: bool = False) -> None:
+    """Mount an overlay straight from this process: mount(2), or the new
+    API (fsopen/fsconfig/fsmount/move_mount), as runtimes do."""
+    libc = _libc()
+    if not new_api:
+        opts = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
+        _check(libc.mount(b"overlay", target.encode(), b"overlay", 0, opts), "mount")
+        return
+    sc = libc.syscall
+    fd = _check(sc(_SYS_FSOPEN, b"overlay", 0), "fsopen")
+    try:
+        for k, v in (("lowerdir", lower), ("upperdir", upper), ("workdir", work)):
+            _check(sc(_SYS_FSCONFIG, fd, _FSCONFIG_SET_STRING, k.encode(), v.encode(), 0), "fsconfig")
+        _check(sc(_SYS_FSCONFIG, fd, _FSCONFIG_CMD_CREATE, None, None, 0), "fsconfig create")
+        mfd = _check(sc(_SYS_FSMOUNT, fd, 0, 0), "fsmount")
+        try:
+            _check(sc(_SYS_MOVE_MOUNT, mfd, b"", _AT_FDCWD, target.encode(),
+                      _MOVE_MOUNT_F_EMPTY_PATH), "move_mount")
+        finally:
+            os.close(mfd)
+    finally:
+        os.close(fd)
+
+
+def unmount(target: str) -> None:
+    _check(_libc().umount2(target.encode(), 0), "umount")
+
+
+def instant_container(sb: Sandbox, name: str, size: int, new_api: bool = False,
+                      between: Callable[[], object] | None = None) -> SandboxOverlay:
+    """An overlay that lives for milliseconds: mounted, `size` bytes
+    written into one new file, unmounted (which syncs the upper fs), with
+    no pause anywhere (`between` runs after the write, before the unmount).
+    Its directories stay, like a stopped container's."""
+    base = os.path.join(sb.upper_fs, name)
+    ov = SandboxOverlay(name=name, mountpoint=os.path.join(sb.root, name, "merged"),
+                        upperdir=os.path.join(base, "diff"), workdir=os.path.join(base, "work"),
+                        lowerdir=sb.lower, volatile=False)
+    for d in (ov.upperdir, ov.workdir, ov.mountpoint):
+        os.makedirs(d, exist_ok=True)
+    mount_overlay(ov.lowerdir, ov.upperdir, ov.workdir, ov.mountpoint, new_api)
+    try:
+        fd = os.open(os.path.join(ov.mountpoint, "data"), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"i" * size)
+        finally:
+            os.close(fd)
+        if between is not None:
+            between()
+    finally:
+        unmount(ov.mountpoint)
+    return ov

@@ -36,8 +36,8 @@ def header_enums() -> dict[str, int]:
             nxt = int(val.strip()) if val.strip() else nxt
             out[name.strip()] = nxt
             nxt += 1
-    for name, val in re.findall(r"#define\s+(\w+)\s+(\d+)", HEADER):
-        out[name] = int(val)
+    for name, val in re.findall(r"#define\s+(\w+)\s+(0x[0-9a-fA-F]+|\d+)U?\b", HEADER):
+        out[name] = int(val, 0)
     return out
 
 
@@ -113,8 +113,10 @@ def test_bpfdefs_enums_match_the_header():
         [bpfdefs.ROLE_NONE, bpfdefs.ROLE_UPPER, bpfdefs.ROLE_WORK, bpfdefs.ROLE_FS]
     assert {enums[f"FLUSH_{k.upper()}"]: k for k in bpfdefs.FLUSH_KINDS.values()} == \
         bpfdefs.FLUSH_KINDS
-    for name in ("EV_FLUSH", "EV_WB_ERROR", "EV_ERR_RETURNED", "EV_FLUSH_DONE", "CFG_EPOCH",
-                 "CFG_FN_COPY_UP"):
+    for name in ("EV_FLUSH", "EV_WB_ERROR", "EV_ERR_RETURNED", "EV_FLUSH_DONE", "EV_MOUNT",
+                 "CFG_EPOCH", "CFG_FN_COPY_UP", "CFG_SETTLED", "ROLE_ORPHAN", "KS_MOUNT_SEQ",
+                 "KS_MOUNTS_INFLIGHT", "KS_ORPHAN_ID", "MK_MOUNT", "MK_FS_UPPER", "MK_FS_WORK",
+                 "MK_FS_CREATE", "MK_FSMOUNT", "MK_MOVE_MOUNT", "ORPHAN_SLOT"):
         assert enums[name] == getattr(bpfdefs, name), name
     assert {enums[f"RK_{k.upper()}"]: k for k in bpfdefs.RET_KINDS.values()} == bpfdefs.RET_KINDS
     health = [n for n in enums if n.startswith("CNT_") and n != "CNT_NR"]

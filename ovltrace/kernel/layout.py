@@ -90,6 +90,10 @@ HOOKS: dict[str, dict] = {
              "what": "sync calls"},
     "umount": {"members": [], "tracepoints": ["syscalls/sys_enter_umount", "syscalls/sys_exit_umount"],
                "what": "unmounts (and the flush they cause)"},
+    "mounts": {"members": [],
+               "tracepoints": [f"syscalls/sys_{d}_{c}" for c in ("mount", "fsopen", "fsconfig", "fsmount")
+                               for d in ("enter", "exit")] + ["syscalls/sys_enter_move_mount"],
+               "what": "overlay mounts as they happen (none missed, however short-lived)"},
     "fsync": {"members": FD_TO_SB, "tracepoints": ["syscalls/sys_enter_fsync", "syscalls/sys_exit_fsync",
                                                    "syscalls/sys_enter_fdatasync", "syscalls/sys_exit_fdatasync"],
               "what": "fsync/fdatasync calls and errors they return"},
