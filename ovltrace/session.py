@@ -299,14 +299,15 @@ class Session:
             if sm is not None:
                 up = resolve_dir(sm.pid, sm.upperdir) if sm.ok else None
                 work = resolve_dir(sm.pid, sm.workdir) if up else None
-                seen.append((sm, up, work))
+                host = mount_of_dev(f"{os.major(up[0])}:{os.minor(up[0])}") if up else None
+                seen.append((sm, up, work, host))
         return seen, moved
 
     def _adopt(self, seen: list, moved: list) -> None:
         """Link each mount seen in the kernel to the overlay the mount table
         showed, or, when it is gone already, watch it from its directories
         alone.  Either way it can claim its orphans now."""
-        for sm, up, work in seen:
+        for sm, up, work, host in seen:
             self.settler.take(sm.seq)
             if up is None:
                 continue                      # failed, read-only, or its upperdir is gone
@@ -315,7 +316,7 @@ class Session:
             if w is not None:
                 w.mounted_ns = sm.start_ns
             elif self.only is None or (sm.target and os.path.normpath(sm.target) in self.only):
-                self._watch_instant(sm, udev, up, work)
+                self._watch_instant(sm, udev, up, work, host)
         for seq, target in moved:
             for w in self._overlays():
                 if w.seq == seq and w.ov is not None and not w.ov.mountpoint:
@@ -334,10 +335,11 @@ class Session:
                 return w
         return None
 
-    def _watch_instant(self, sm: SeenMount, udev: int, up: tuple, work: tuple | None) -> None:
-        """An overlay that came and went before the mount table showed it."""
+    def _watch_instant(self, sm: SeenMount, udev: int, up: tuple, work: tuple | None,
+                       host) -> None:
+        """An overlay that came and went before the mount table showed it
+        (`host`: the mount of its upper fs here, if any)."""
         dev_s = format_dev(udev)
-        host = mount_of_dev(dev_s)
         ov = Overlay(
             mountpoint=sm.target or "", mnt_ns=_mnt_ns(sm.pid), mount_id=0, dev="",
             upperdir=up[2], workdir=work[2] if work else None, lowerdirs=(),
