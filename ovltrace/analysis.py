@@ -173,6 +173,104 @@ def interference(flushes: list[Flush], metas: dict[str, OverlayMeta]) -> Interfe
     return Interference(pairs, parties, callers)
 
 
+# ---- container lifecycle ---------------------------------------------------------
+# Starting or stopping a container unmounts an overlay (the container's
+# own root at stop; a runtime's helper mount while it creates one), and
+# every such unmount syncs the whole upper fs: the container pays for its
+# neighbours' dirty data.  A lifecycle flush is an umount flush of an
+# overlay that a runtime owns; its step says which moment it was.
+
+HELPER_STEPS = {"init": "create", "unpack": "unpack"}
+HELPER_RUNTIMES = {"init": "docker", "unpack": "containerd"}
+
+
+def lifecycle_step(f: Flush, metas: dict[str, OverlayMeta]) -> tuple[str, str] | None:
+    """(runtime, step) when `f` is a container lifecycle flush: "create"
+    (a helper mount used while creating it), "unpack" (an image's layers),
+    "stop" (its own root unmounted); None otherwise."""
+    if f.kind != "umount" or f.target is None or f.ret < 0:
+        return None                       # (a failed unmount synced nothing)
+    m = metas.get(f.target)
+    if m is None or m.kind != "overlay":
+        return None
+    if m.helper in HELPER_STEPS:
+        runtime = m.container.runtime if m.container else HELPER_RUNTIMES[m.helper]
+        return runtime, HELPER_STEPS[m.helper]
+    if m.container is not None:
+        return m.container.runtime, "stop"
+    return None
+
+
+@dataclass
+class LifecycleEvent:
+    flush: Flush
+    key: str                     # the overlay unmounted (named after its container)
+    runtime: str
+    step: str
+    volatile: bool               # mounted volatile: its unmount syncs nothing
+    own_bytes: int
+    others: list[Share]          # the neighbours' data it wrote back, and the time it took
+
+    @property
+    def others_bytes(self) -> int:
+        return sum(s.bytes for s in self.others)
+
+    @property
+    def others_seconds(self) -> float:
+        return sum(s.seconds for s in self.others)
+
+
+@dataclass
+class Neighbour:
+    key: str
+    bytes: int = 0
+    seconds: float = 0.0
+    events: int = 0              # lifecycle flushes that wrote its data back
+
+
+@dataclass
+class Lifecycle:
+    events: list[LifecycleEvent]
+    neighbours: list[Neighbour]  # whose data they paid for, most seconds first
+
+    @property
+    def stall_seconds(self) -> float:
+        return sum(e.flush.duration for e in self.events)
+
+    @property
+    def others_seconds(self) -> float:
+        return sum(e.others_seconds for e in self.events)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for e in self.events:
+            out[(e.runtime, e.step)] = out.get((e.runtime, e.step), 0) + 1
+        return out
+
+
+def lifecycle_event(f: Flush, metas: dict[str, OverlayMeta]) -> LifecycleEvent | None:
+    """One flush as a lifecycle event (the exporter's per-flush path)."""
+    rs = lifecycle_step(f, metas)
+    if rs is None:
+        return None
+    m = metas[f.target]
+    own = sum(s.bytes for s in shares(f) if s.victim == f.target)
+    return LifecycleEvent(f, f.target, rs[0], rs[1], "volatile" in m.options, own,
+                          others_shares(f, f.target, metas))
+
+
+def lifecycle(flushes: list[Flush], metas: dict[str, OverlayMeta]) -> Lifecycle:
+    events = [e for f in flushes if (e := lifecycle_event(f, metas)) is not None]
+    by: dict[str, Neighbour] = {}
+    for e in events:
+        for s in e.others:
+            n = by.get(s.victim) or by.setdefault(s.victim, Neighbour(s.victim))
+            n.bytes += s.bytes
+            n.seconds += s.seconds
+            n.events += 1
+    return Lifecycle(events, sorted(by.values(), key=lambda n: (-n.seconds, -n.bytes, n.key)))
+
+
 # ---- errors --------------------------------------------------------------------
 
 def returned_errors(errors_returned: list[ErrorReturned],
@@ -351,6 +449,7 @@ class Analysis:
     interference: Interference
     errors: Errors
     upper_fs: list[UpperFs]
+    lifecycle: Lifecycle
 
     def name(self, key: str | None) -> str:
         return party_name(key, self.snap.metas, self.snap.flushes)
@@ -358,4 +457,4 @@ class Analysis:
 
 def analyse(snap: Snapshot) -> Analysis:
     return Analysis(snap, interference(snap.flushes, snap.metas), errors(snap),
-                    upper_filesystems(snap))
+                    upper_filesystems(snap), lifecycle(snap.flushes, snap.metas))

@@ -20,6 +20,27 @@ from .model import Container
 from .mounts import Overlay, unescape
 
 
+# ---------------------------------------------------------------- helper mounts
+
+# <docker root>/overlay2/<layer>-init/diff: the layer Docker mounts, seeds
+# (/etc/hosts, /etc/resolv.conf, ...) and unmounts while CREATING a container
+_DOCKER_INIT = re.compile(r"^(/.*)/overlay2/([^/]+)-init/diff$")
+# containerd's temporary mounts (unpacking layers, reading an image's files)
+_CONTAINERD_TMP = re.compile(r"/tmpmounts/containerd-mount\d+$")
+
+
+def helper_of(ov: Overlay) -> str | None:
+    """Which runtime helper mount an overlay is, from its paths alone (it
+    may be gone, and its container not yet on disk, when this is asked):
+    "init" for Docker's init layer, "unpack" for containerd's temporary
+    mounts; None for a container's own root (or anything else)."""
+    if ov.upperdir and _DOCKER_INIT.match(_norm(ov.upperdir)):
+        return "init"
+    if any(_CONTAINERD_TMP.search(mp) for mp in (ov.mountpoint, *ov.mountpoints) if mp):
+        return "unpack"
+    return None
+
+
 # ---------------------------------------------------------------- cgroups
 
 _ID = r"([0-9a-f]{64})"
@@ -225,11 +246,18 @@ class Resolver:
     # -- lookups
 
     def for_overlay(self, ov: Overlay) -> Container | None:
-        """Match by upperdir first, then by mountpoint; None if unknown."""
+        """Match by upperdir first, then by mountpoint; None if unknown.  A
+        Docker init layer belongs to the container whose layer it seeds."""
         if ov.upperdir:
-            c = self._by_upper.get(_norm(ov.upperdir))
+            up = _norm(ov.upperdir)
+            c = self._by_upper.get(up)
             if c is not None:
                 return c
+            m = _DOCKER_INIT.match(up)
+            if m and m.group(1) in self._docker_roots():
+                c = self._by_upper.get(f"{m.group(1)}/overlay2/{m.group(2)}/diff")
+                if c is not None:
+                    return c
         for mp in (ov.mountpoint, *ov.mountpoints):
             c = self._by_mount.get(_norm(mp))
             if c is not None:

@@ -32,7 +32,7 @@ def display_name(meta, width: int = 20) -> str:
     if meta.kind == "upperfs":
         return f"[{meta.upper_dev} rest]"[:width]
     if meta.container:
-        return cut(visible(meta.container.name), width)
+        return cut(visible(meta.label), width)
     return short_name(visible(meta.mountpoint), width)
 
 

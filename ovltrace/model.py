@@ -56,11 +56,18 @@ class OverlayMeta:
     dev: str | None = None       # the overlay's own superblock dev
     first_seen: float = 0.0
     gone_at: float | None = None
+    # a runtime's helper mount, not a container's root: "init" (Docker's
+    # <layer>-init, mounted while creating the container), "unpack"
+    # (containerd's temporary mounts); see containers.helper_of()
+    helper: str | None = None
 
     @property
     def label(self) -> str:
-        """What people call it: the container name, else the mountpoint."""
-        return self.container.name if self.container else self.mountpoint
+        """What people call it: the container name (with the helper it is),
+        else the mountpoint."""
+        if self.container:
+            return f"{self.container.name}/{self.helper}" if self.helper else self.container.name
+        return self.mountpoint
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from . import bpfdefs
-from .containers import CgroupIds, Resolver, cgroup_of_pid
+from .containers import CgroupIds, Resolver, cgroup_of_pid, helper_of
 from .counters import Counters
 from .errors import OvltraceError
 from .model import ErrorReturned, Flush, Model, OverlayMeta, Victim, WbError
@@ -27,6 +27,7 @@ DIRTY_MAX_AGE = 300.0   # an inode "dirty" longer than this was deleted while di
 RECORD_RETENTION = 120.0  # flushes/errors kept by long-running views: scrape more often than this
 ORPHAN_WAIT = 10.0      # a flush or error naming an undecided orphan waits this long at most
 ORPHAN_OWNERS_KEPT = 65536
+RESOLVE_LATE = 120.0    # how long an overlay's container is looked for again (see _resolve_late)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Session:
         self._orphan_errors: list[tuple[float, RawEvent]] = []
         self.instant_overlays = 0                # overlays known only from their mount event
         self.slotless: dict[str, _Watched] = {}  # ... those of them that got no slot
+        self._unnamed: dict[str, tuple[Overlay, float]] = {}   # key -> (overlay, since)
 
     # ---- clock -------------------------------------------------------------
     def now(self) -> float:
@@ -182,12 +184,31 @@ class Session:
             self.watched[slot] = w
             self.by_slotgen[(slot, gen)] = key
             self.ovl_by_dev[w.dev] = w
-            self.model.add(OverlayMeta(
+            self._add_meta(ov, OverlayMeta(
                 key=key, kind="overlay", mountpoint=ov.mountpoint, upper_dev=ov.upper_dev,
                 mnt_ns=ov.mnt_ns, upperdir=ov.upperdir, workdir=ov.workdir,
                 options=tuple(ov.options), container=self.resolver.for_overlay(ov),
                 fstype=ov.upper_fstype, upper_source=ov.upper_source, dev=ov.dev,
-                first_seen=now))
+                first_seen=now, helper=helper_of(ov)))
+
+    def _add_meta(self, ov: Overlay, meta: OverlayMeta) -> None:
+        self.model.add(meta)
+        if meta.container is None:
+            self._unnamed[meta.key] = (ov, self.now())
+
+    def _resolve_late(self) -> None:
+        """Runtimes write a container's state after its first mounts: Docker
+        mounts, seeds and unmounts a container's init layer before anything
+        on disk names the container.  Overlays still unnamed are looked up
+        again after each re-read of the runtimes' state, for a while."""
+        now = self.now()
+        for key, (ov, since) in list(self._unnamed.items()):
+            c = self.resolver.for_overlay(ov)
+            meta = self.model.metas.get(key)
+            if c is not None and meta is not None:
+                self.model.add(replace(meta, container=c))
+            if c is not None or meta is None or now - since > RESOLVE_LATE:
+                del self._unnamed[key]
 
     def _watch_upper(self, upper_dev: int, ov: Overlay) -> None:
         ref = self.probes.watch_upper_fs(upper_dev)
@@ -257,6 +278,8 @@ class Session:
             if changes is not None:
                 self._apply(*changes)
             self._adopt(seen, moved)
+            if changes is not None and self._unnamed:
+                self._resolve_late()
             if changes is not None:
                 self._expire()
                 if self.retention:
@@ -321,7 +344,8 @@ class Session:
             for w in self._overlays():
                 if w.seq == seq and w.ov is not None and not w.ov.mountpoint:
                     w.ov = replace(w.ov, mountpoint=target, mountpoints=(target,))
-                    self.model.metas[w.key].mountpoint = target
+                    if w.key in self.model.metas:
+                        self.model.add(replace(self.model.metas[w.key], mountpoint=target))
 
     def _overlays(self):
         """Every overlay watched: with a slot (live or in grace), and without."""
@@ -370,12 +394,12 @@ class Session:
                          seq=sm.seq)
             self.slotless[key] = w
         self.instant_overlays += 1
-        self.model.add(OverlayMeta(
+        self._add_meta(ov, OverlayMeta(
             key=key, kind="overlay", mountpoint=ov.mountpoint, upper_dev=dev_s,
             mnt_ns=ov.mnt_ns, upperdir=ov.upperdir, workdir=ov.workdir, options=ov.options,
             container=self.resolver.for_overlay(ov), fstype=ov.upper_fstype,
             upper_source=ov.upper_source, dev=None,
-            first_seen=max(0.0, min(now, self._t(sm.start_ns)))))
+            first_seen=max(0.0, min(now, self._t(sm.start_ns))), helper=helper_of(ov)))
         self.model.gone(key, now)
 
     # ---- orphans ---------------------------------------------------------------

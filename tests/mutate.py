@@ -86,6 +86,18 @@ MUTANTS = [
     Mutant("an orphan charged to an overlay mounted after it", "ovltrace/session.py",
            "w.mounted_ns <= o.first_ns", "w.mounted_ns is not None",
            ["tests/test_mountevents.py"]),
+    Mutant("a Docker init layer is nobody's", "ovltrace/containers.py",
+           'c = self._by_upper.get(f"{m.group(1)}/overlay2/{m.group(2)}/diff")', "c = None",
+           ["tests/test_lifecycle_live.py"]),
+    Mutant("a container named only if its state was on disk at mount", "ovltrace/session.py",
+           "if changes is not None and self._unnamed:", "if False:",
+           ["tests/test_lifecycle_live.py"]),
+    Mutant("lifecycle stall counted whole per neighbour", "ovltrace/analysis.py",
+           "            n.seconds += s.seconds", "            n.seconds += e.flush.duration",
+           ["tests/test_lifecycle.py"]),
+    Mutant("the text format lets a quote through", "ovltrace/views/exposition.py",
+           r""".replace('"', '\\"')""", "",
+           ["tests/test_exporter.py"]),
     Mutant("Markdown lets a pipe through", "ovltrace/untrusted.py",
            r'_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")',
            r'_MD_SPECIAL = re.compile(r"([\\`*_\[\]~])")',
@@ -120,12 +132,16 @@ def run(tree: Path, tests: list[str]) -> tuple[bool, list[str], float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-k", default="", help="only mutants whose name contains this")
+    ap.add_argument("-k", action="append", default=[],
+                    help="only mutants whose name contains this (repeatable)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("mutate: needs root (the live tests load BPF and mount filesystems)")
         return 1
-    chosen = [m for m in MUTANTS if a.k in m.name]
+    chosen = [m for m in MUTANTS if not a.k or any(k in m.name for k in a.k)]
+    if not chosen:
+        print(f"mutate: no mutant's name contains {' or '.join(a.k)}")
+        return 1
     killed = 0
     with tempfile.TemporaryDirectory(prefix="ovltrace-mutate.") as tmp:
         base = Path(tmp) / "clean"

@@ -18,6 +18,7 @@ from ovltrace.model import (Container, Counters, ErrorReturned, Flush, Model, Ov
                             Victim, WbError)
 from ovltrace.commands.exporter import make_server, parse_listen_address, web_app
 from ovltrace.views.exporter import ExporterConfig, OverlayCollector
+from ovltrace.views.exposition import render
 from ovltrace.views.metrics import served_names
 
 
@@ -32,7 +33,7 @@ def names(m: Model, n: int, dev: str = "7:1"):
 def scrape(collector) -> dict[tuple, float]:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(collector)
-    text = generate_latest(reg).decode()
+    text = render(reg).decode()         # what the exporter serves
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -54,6 +55,25 @@ def value(samples, name, **labels):
 def promtool_metrics(text: str) -> None:
     r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+
+
+# ---- the text format ---------------------------------------------------------------
+
+def test_exposition_is_prometheus_clients_byte_for_byte():
+    """views/exposition.py writes what generate_latest writes (it skips
+    only the label-name checks), hostile label values included."""
+    m = demo_like_model()
+    m.add(OverlayMeta("evil", "overlay", '/x/"quoted"\\back\nline', "7:1",
+                      container=Container("docker", "e" * 64, 'a"b\\c\nd{e}=f,g')))
+    m.counters(2.0, {"evil": Counters(bytes_dirtied=1 << 40, writeback_errors=1)})
+    m.flush(Flush("umount", 12, 12, "dockerd", 2.5, 1e-7, 0, "evil", "7:1", [Victim("o2", 1)]))
+    texts = []
+    for gen in (generate_latest, render):
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(OverlayCollector(lambda: m, config=ExporterConfig(), clock=lambda: 50.0))
+        texts.append(gen(reg))
+    assert texts[0] == texts[1]
+    assert b'\\"' in texts[1]          # a quote in a label value, escaped
 
 
 # ---- values and labels ----------------------------------------------------------

@@ -8,13 +8,14 @@ import threading
 import time
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from ..errors import OvltraceError
 from ..probes import BPF_STATS
 from ..views.exporter import ExporterConfig, OverlayCollector
 from ..views.metrics import DEFAULT_PORT
+from ..views.exposition import metrics_app
 from .runtime import TraceOptions, say, trace, tracing
 
 
@@ -91,9 +92,9 @@ def make_server(host: str, port: int) -> WSGIServer:
 
 
 def web_app(registry, telemetry_path: str, healthy):
-    """Metrics at telemetry_path (prometheus_client's app), health, a
-    landing page."""
-    metrics = make_wsgi_app(registry)
+    """Metrics at telemetry_path (views/exposition.py), health, a landing
+    page."""
+    metrics = metrics_app(registry)
     landing = (f"<html><head><title>ovltrace exporter</title></head><body>"
                f"<h1>ovltrace exporter</h1><p><a href=\"{telemetry_path}\">Metrics</a></p>"
                f"<p><a href=\"/-/healthy\">Health</a></p></body></html>").encode()

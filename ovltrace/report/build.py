@@ -110,6 +110,7 @@ def build_report(snap: Snapshot, extras: dict | None = None) -> dict:
                           "flushes": p.flushes, "stall_seconds": round(p.stall_seconds, 6)}
                          for p in sorted(inter.pairs.values(), key=lambda p: -p.bytes)],
         "worst_flushes": _worst(snap, a),
+        "lifecycle": _lifecycle(snap, a),
         "errors_by_container": _errors(snap, a, extras.get("inode_paths") or {}),
     }
     tl = analysis.timeline(snap, [r.meta.key for r in snap.overlays])
@@ -124,6 +125,30 @@ def build_report(snap: Snapshot, extras: dict | None = None) -> dict:
     rep["timelines"] = _timelines(snap, a, tl)
     rep["findings"] = make_findings(rep)
     return rep
+
+
+def _lifecycle(snap: Snapshot, a: analysis.Analysis) -> dict:
+    """Container starts and stops that unmounted an overlay, and whose data
+    those unmounts wrote back (analysis.lifecycle)."""
+    lc, name, start = a.lifecycle, a.name, snap.window_start
+    return {
+        "events": [{
+            "container": name(e.key), "overlay": _mountpoint(snap, e.key),
+            "runtime": e.runtime, "step": e.step, "volatile": e.volatile,
+            "helper": snap.metas[e.key].helper, "comm": e.flush.comm,
+            "start": round(e.flush.start - start, 6),
+            "duration_seconds": round(e.flush.duration, 6), "own_bytes": e.own_bytes,
+            "others_bytes": e.others_bytes, "others_seconds": round(e.others_seconds, 6),
+            "others": [{"name": name(s.victim), "bytes": s.bytes, "seconds": round(s.seconds, 6)}
+                       for s in sorted(e.others, key=lambda s: -s.seconds)]}
+            for e in lc.events],
+        "counts": [{"runtime": r, "step": st, "events": n}
+                   for (r, st), n in sorted(lc.counts().items())],
+        "stall_seconds": round(lc.stall_seconds, 6),
+        "others_seconds": round(lc.others_seconds, 6),
+        "neighbours": [{"name": name(n.key), "bytes": n.bytes, "seconds": round(n.seconds, 6),
+                        "events": n.events} for n in lc.neighbours],
+    }
 
 
 def _mountpoint(snap: Snapshot, key: str | None) -> str | None:

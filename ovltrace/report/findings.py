@@ -13,12 +13,79 @@ MIN_LOOP_CALLS = 3             # syncfs calls before "in a loop"
 OTHERS_SHARE = 0.5             # "mostly others' data"
 STALL_NOTICE = 0.05            # seconds of others' waiting worth a finding
 BIG_COPY_UP = 8 << 20          # average copy-up size worth a finding
+LIFECYCLE_BYTES = 1 << 20      # a neighbour's bytes that starts/stops wrote back, worth a finding
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _f(fid, severity, containers, title, detail, advice, **evidence) -> dict:
     return {"id": fid, "severity": severity, "containers": containers, "title": title,
             "detail": detail, "advice": advice, "evidence": evidence}
+
+
+# How each runtime stops its container starts and stops from syncing the
+# upper fs, and what that trades (README "Container starts and stops").
+VOLATILE_TRADE = ("the trade: after a host crash (not a clean stop) the containers' "
+                  "writable layers may be corrupt and must be thrown away, which "
+                  "throw-away containers can afford")
+RUNTIME_ADVICE = {
+    "docker": "Docker's overlay2 driver has no stable switch to mount volatile yet "
+              "(moby/moby PR 50151 proposes one); until then the fix is the neighbour's",
+    "containerd": "containerd: in config.toml, [plugins.\"io.containerd.snapshotter.v1.overlayfs\"] "
+                  "mount_options = [\"volatile\"]; " + VOLATILE_TRADE,
+    "podman": "Podman: in /etc/containers/storage.conf, [storage.options.overlay] "
+              "mountopt = \"volatile\" (containers run with --rm already get it); " + VOLATILE_TRADE,
+    "cri-o": "CRI-O: in /etc/containers/storage.conf, [storage.options.overlay] "
+             "mountopt = \"volatile\"; " + VOLATILE_TRADE,
+}
+STEP_WORDS = {"create": "start", "unpack": "image unpack", "stop": "stop"}
+
+
+def _lifecycle_findings(lc: dict) -> list[dict]:
+    """One finding per neighbour whose dirty data container starts and
+    stops paid for (not one per flush), with each runtime's own switch;
+    and why volatile starts and stops paid nothing."""
+    out = []
+    events = lc.get("events", [])
+    for n in lc.get("neighbours", []):
+        paid = [e for e in events if any(o["name"] == n["name"] for o in e["others"])]
+        if (n["seconds"] < STALL_NOTICE and n["bytes"] < LIFECYCLE_BYTES) or not paid:
+            continue
+        steps = sorted({STEP_WORDS.get(e["step"], e["step"]) for e in paid})
+        runtimes = sorted({e["runtime"] for e in paid})
+        who = sorted({e["container"] for e in paid})
+        total = sum(e["others_seconds"] for e in paid)
+        share = n["seconds"] / total if total else 1.0
+        advice = [RUNTIME_ADVICE[r] for r in runtimes if r in RUNTIME_ADVICE]
+        advice.append(f"{n['name']} should write its data back steadily (fsync, or a lower "
+                      "dirty limit through its memory limit) or write it to a volume, so "
+                      "container starts and stops don't pay for it")
+        out.append(_f(
+            "lifecycle-paid-for-neighbour", "warning" if n["seconds"] >= 1 else "info",
+            who + [n["name"]],
+            f"{len(paid)} container {'/'.join(steps)}{'s' if len(paid) > 1 else ''} paid "
+            f"{human_seconds(n['seconds'])} writing back {n['name']}'s data",
+            f"{', '.join(who[:5])}{' and others' if len(who) > 5 else ''} "
+            f"({', '.join(runtimes)}) unmounted an overlay while starting or stopping, which "
+            f"synced the whole upper fs: {human_bytes(n['bytes'])} of {n['name']}'s dirty data, "
+            f"{human_seconds(n['seconds'])} of their wait ({share:.0%} of what they paid for "
+            f"others' data).",
+            "; ".join(advice) + ".",
+            neighbour=n["name"], events=len(paid), bytes=n["bytes"], seconds=n["seconds"],
+            runtimes=runtimes, steps=sorted({e["step"] for e in paid})))
+    volatile = [e for e in events if e["volatile"]]
+    if volatile:
+        names = sorted({e["container"] for e in volatile})
+        out.append(_f(
+            "lifecycle-volatile", "info", names,
+            f"{len(volatile)} container start/stop unmount{'s' if len(volatile) > 1 else ''} "
+            "synced nothing: their overlays are volatile",
+            f"{', '.join(names[:5])}{' and others' if len(names) > 5 else ''} "
+            "are mounted with 'volatile' (Podman does this for --rm containers), so their "
+            "unmount skips the sync of the upper fs and pays for no neighbour's data.",
+            "Nothing to do; note that a volatile container's writable layer is lost if the host "
+            "crashes while it runs.",
+            events=len(volatile)))
+    return out
 
 
 def findings(report: dict) -> list[dict]:
@@ -59,17 +126,25 @@ def findings(report: dict) -> list[dict]:
                 bytes_flushed_by_others=s["bytes_flushed_by_others"],
                 made_others_wait_seconds=s["made_others_wait_seconds"]))
 
-    # Unmounts that flushed everyone (container stop stalls).
-    for f in report.get("worst_flushes", []):
-        if f["kind"] == "umount" and f["others_bytes"] > 0:
-            out.append(_f(
-                "umount-flushed-others", "info", [f["caller"]],
-                f"unmounting {f['caller']} flushed other containers' data",
-                f"the umount took {human_seconds(f['duration_seconds'])} and wrote back "
-                f"{human_bytes(f['others_bytes'])} of other containers' data.",
-                "Container stop syncs the whole upper fs; a volatile overlay skips that when "
-                "the container's data is disposable.",
-                duration_seconds=f["duration_seconds"], others_bytes=f["others_bytes"]))
+    out += _lifecycle_findings(report.get("lifecycle") or {})
+
+    # Other unmounts that flushed everyone (no runtime owns the overlay).
+    lc_names = {e["container"] for e in (report.get("lifecycle") or {}).get("events", [])}
+    other = [f for f in report.get("worst_flushes", [])
+             if f["kind"] == "umount" and f["others_bytes"] > 0 and f["caller"] not in lc_names]
+    if other:
+        callers = sorted({f["caller"] for f in other})
+        secs = sum(f["duration_seconds"] for f in other)
+        nbytes = sum(f["others_bytes"] for f in other)
+        out.append(_f(
+            "umount-flushed-others", "info", callers,
+            f"{len(other)} unmount{'s' if len(other) > 1 else ''} flushed other containers' data",
+            f"unmounting {', '.join(callers[:5])}{' and others' if len(callers) > 5 else ''} "
+            f"took {human_seconds(secs)} and wrote back {human_bytes(nbytes)} of other "
+            "containers' data.",
+            "Unmounting an overlay syncs the whole upper fs; a volatile overlay skips that when "
+            "its data is disposable.",
+            unmounts=len(other), duration_seconds=round(secs, 6), others_bytes=nbytes))
 
     # Errors handed to the wrong container.
     for leak in report.get("leaks", []):

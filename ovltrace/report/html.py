@@ -68,6 +68,23 @@ def render_html(rep: dict) -> str:
                           human_seconds(f["duration_seconds"]), f["ret"], human_bytes(f["own_bytes"]),
                           human_bytes(f["others_bytes"]), ", ".join(f["victims"]) or "-"]
                          for f in rep["worst_flushes"]]))
+    lc = rep["lifecycle"]
+    if lc["events"]:
+        p.append("<h2>Container starts and stops</h2>")
+        p.append(f'<p class="muted">{html_text(_counts(lc))}: '
+                 f'{human_seconds(lc["stall_seconds"])} in their unmounts\' syncs, '
+                 f'{human_seconds(lc["others_seconds"])} of it on neighbours\' data.</p>')
+        p.append(_table(["container", "runtime", "step", "time", "own data", "others' data",
+                         "whose"],
+                        [[e["container"], e["runtime"], e["step"] + (" (volatile)" if e["volatile"] else ""),
+                          human_seconds(e["duration_seconds"]), human_bytes(e["own_bytes"]),
+                          human_bytes(e["others_bytes"]),
+                          ", ".join(f'{o["name"]} {human_bytes(o["bytes"])}' for o in e["others"]) or "-"]
+                         for e in lc["events"]]))
+        if lc["neighbours"]:
+            p.append(_table(["neighbour", "events", "bytes", "paid"],
+                            [[n["name"], n["events"], human_bytes(n["bytes"]),
+                              human_seconds(n["seconds"])] for n in lc["neighbours"]]))
     if rep["errors_by_container"]:
         p.append("<h2>Writeback errors, leaks and silent losses</h2>")
         p.append(_table(["container", "wb errors", "errno", "inodes", "returned", "status"],
@@ -95,6 +112,10 @@ def render_html(rep: dict) -> str:
              + json.dumps(rep).replace("</", "<\\/") + "</script>")
     p.append("</body></html>")
     return "\n".join(p)
+
+
+def _counts(lc) -> str:
+    return ", ".join(f'{c["events"]} {c["runtime"]} {c["step"]}' for c in lc["counts"])
 
 
 def _fs(rep):

@@ -60,6 +60,24 @@ def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str,
                  human_bytes(f["others_bytes"])] for f in rep["worst_flushes"]]
         out.append((f"Worst flushes ({len(rep['flushes'])} in all)",
                     _t(rows, ["KIND", "CALLER", "PID/COMM", "TIME", "RET", "OWN", "OTHERS'"], fmt)))
+    lc = rep["lifecycle"]
+    if lc["events"]:
+        counts = ", ".join(f"{c['events']} {c['runtime']} {c['step']}" for c in lc["counts"])
+        rows = [[cut_to(visible(e["container"]), width + 6),   # fewer columns: room for "/init"
+                 e["step"] + (" (volatile)" if e["volatile"] else ""),
+                 human_seconds(e["duration_seconds"]), human_bytes(e["own_bytes"]),
+                 human_bytes(e["others_bytes"]),
+                 cut(e["others"][0]["name"]) if e["others"] else "-"]
+                for e in sorted(lc["events"], key=lambda e: -e["duration_seconds"])[:15]]
+        text = _t(rows, ["CONTAINER", "STEP", "TIME", "OWN", "OTHERS'", "MOSTLY OF"], fmt)
+        if lc["neighbours"]:
+            text += "\n\n" + _t([[cut(n["name"]), n["events"], human_bytes(n["bytes"]),
+                                   human_seconds(n["seconds"])] for n in lc["neighbours"][:10]],
+                                 ["NEIGHBOUR", "EVENTS", "BYTES", "PAID"], fmt)
+        out.append((f"Container starts and stops ({counts}): each unmount synced the whole "
+                    f"upper fs; they took {human_seconds(lc['stall_seconds'])}, "
+                    f"{human_seconds(lc['others_seconds'])} of it on neighbours' data "
+                    "(PAID = the share of their time a neighbour's bytes explain)", text))
     if rep["errors_by_container"]:
         rows = []
         for e in rep["errors_by_container"]:

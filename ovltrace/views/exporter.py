@@ -111,6 +111,8 @@ class OverlayCollector:
         self.hist: dict[tuple, list] = {}                    # (caller ls, kind) -> [buckets, sum, count]
         self.flush_err: dict[tuple, int] = {}                # (caller ls, kind, errno)
         self.others: dict[tuple, list] = {}                  # (caller ls, kind) -> [bytes, seconds]
+        self.lc_hist: dict[tuple, list] = {}                 # (runtime, step) -> [buckets, sum, count]
+        self.lc_others: dict[tuple, list] = {}               # (runtime, step) -> [bytes, seconds]
         self.matrix: dict[tuple, list] = {}                  # (caller ls, victim ls, kind) -> [b, s, n]
         self.leaks: dict[tuple, int] = {}                    # (victim ls, source ls, errno)
         self.failed_first: dict[str, float] = {}             # key -> first wb error t
@@ -308,12 +310,14 @@ class OverlayCollector:
         key = analysis.caller_key(f, by_container)
         caller = self._caller_ls(f, key)
         hk = (caller, f.kind)
-        h = self.hist.get(hk)
-        if h is None:
-            h = self.hist[hk] = [[0] * (len(DURATION_BUCKETS) + 1), 0.0, 0]
-        h[0][bisect.bisect_left(DURATION_BUCKETS, f.duration)] += 1
-        h[1] += f.duration
-        h[2] += 1
+        _observe(self.hist, hk, f.duration)
+        lc = analysis.lifecycle_event(f, self.metas)
+        if lc is not None:                 # a container start/stop: few label values
+            lk = (label(lc.runtime), lc.step)
+            _observe(self.lc_hist, lk, f.duration)
+            o = self.lc_others.setdefault(lk, [0, 0.0])
+            o[0] += lc.others_bytes
+            o[1] += lc.others_seconds
         if f.ret < 0:
             ek = (caller, f.kind, errno_name(f.ret))
             self.flush_err[ek] = self.flush_err.get(ek, 0) + 1
@@ -470,15 +474,18 @@ class OverlayCollector:
         cl = labels + ["comm", "kind"]
         h = fam("ovltrace_flush_duration_seconds", cl)
         for (caller, kind), (buckets, total, count) in sorted(self.hist.items()):
-            cum, acc = [], 0
-            for le, n in zip(DURATION_BUCKETS, buckets):
-                acc += n
-                cum.append((_le(le), acc))
-            cum.append(("+Inf", count))
-            out.add_histogram(h, list(caller) + [kind], cum, total)
+            out.add_histogram(h, list(caller) + [kind], _cumulative(buckets, count), total)
         f = fam("ovltrace_flush_errors_total", cl + ["errno"])
         for (caller, kind, e), n in sorted(self.flush_err.items()):
             out.add(f, list(caller) + [kind, e], n)
+        h = fam("ovltrace_lifecycle_flush_duration_seconds", ["runtime", "step"])
+        for k, (buckets, total, count) in sorted(self.lc_hist.items()):
+            out.add_histogram(h, list(k), _cumulative(buckets, count), total)
+        lb = fam("ovltrace_lifecycle_others_written_back_bytes_total", ["runtime", "step"])
+        ls_ = fam("ovltrace_lifecycle_others_stall_seconds_total", ["runtime", "step"])
+        for k, (b, secs) in sorted(self.lc_others.items()):
+            out.add(lb, list(k), b)
+            out.add(ls_, list(k), secs)
         fb = fam("ovltrace_flush_others_written_back_bytes_total", cl)
         fs = fam("ovltrace_flush_others_stall_seconds_total", cl)
         for (caller, kind), (b, secs) in sorted(self.others.items()):
@@ -552,6 +559,24 @@ class OverlayCollector:
                 out.add(fm, [name], misses, force=True)
                 out.add(fr, [name], ns / 1e9, force=True)
                 out.add(fn, [name], cnt, force=True)
+
+
+def _observe(hists: dict, key: tuple, seconds: float) -> None:
+    h = hists.get(key)
+    if h is None:
+        h = hists[key] = [[0] * (len(DURATION_BUCKETS) + 1), 0.0, 0]
+    h[0][bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+    h[1] += seconds
+    h[2] += 1
+
+
+def _cumulative(buckets: list[int], count: int) -> list[tuple[str, int]]:
+    cum, acc = [], 0
+    for le, n in zip(DURATION_BUCKETS, buckets):
+        acc += n
+        cum.append((_le(le), acc))
+    cum.append(("+Inf", count))
+    return cum
 
 
 def _le(x: float) -> str:

@@ -56,6 +56,14 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "counter", "The share of a caller's flush time that other overlays' data explains "
                    "(a flush's duration split by the bytes it wrote back): what ovltrace "
                    "audit calls waited_on_others_seconds."),
+    "ovltrace_lifecycle_flush_duration_seconds": (
+        "histogram", "Duration of the flushes container starts and stops caused (the unmount "
+                     "of a container's root, or of a runtime's helper mount while creating "
+                     "one), by runtime and step (create, unpack, stop)."),
+    "ovltrace_lifecycle_others_written_back_bytes_total": (
+        "counter", "Bytes of other containers' data those flushes wrote back."),
+    "ovltrace_lifecycle_others_stall_seconds_total": (
+        "counter", "The share of those flushes' time that other containers' data explains."),
     "ovltrace_interference_written_back_bytes_total": (
         "counter", "Bytes of the victim's data written back by the caller's flushes."),
     "ovltrace_interference_stall_seconds_total": (

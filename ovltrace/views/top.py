@@ -231,6 +231,26 @@ def fs_lines(data: TopData, width: int, limit: int = 2) -> list[str]:
     return out
 
 
+def lifecycle_line(data: TopData, width: int) -> str | None:
+    """Container starts and stops in the stall window, what they paid and
+    for whom (analysis.lifecycle), or None when there were none."""
+    lc = data.lifecycle
+    if lc is None or not lc.events:
+        return None
+    counts: dict[str, int] = {}
+    for e in lc.events:
+        word = {"create": "start", "unpack": "unpack"}.get(e.step, e.step)
+        counts[word] = counts.get(word, 0) + 1
+    text = (f"starts/stops {data.window:.0f}s: "
+            + ", ".join(f"{n} {w}{'s' if n > 1 else ''}" for w, n in sorted(counts.items()))
+            + f" paid {human_seconds(lc.stall_seconds)}")
+    if lc.neighbours and lc.others_seconds > 0:
+        n = lc.neighbours[0]
+        text += (f", {n.seconds / lc.others_seconds:.0%} of others' share for "
+                 f"{_name(data.metas, n.key, 20)}")
+    return _fit(text, width)
+
+
 def hooks_line(data: TopData, width: int) -> str:
     on = [h for h in data.hooks if h.get("mechanism")]
     off = [h["name"] for h in data.hooks if not h.get("mechanism")]
@@ -283,6 +303,9 @@ def render(data: TopData, state: UIState, width: int = 80, height: int = 24) -> 
     width, height = max(MIN_WIDTH, width), max(MIN_HEIGHT, height)
     head = [title_line(data, state, width)] + fs_lines(data, width, 1 if height < 20 else 2)
     head.append(hooks_line(data, width))
+    life = lifecycle_line(data, width)
+    if life and height >= 20:
+        head.append(life)
     styles = {0: "title"}
     body_h = height - len(head) - 1
     if state.screen == "main" or (state.screen == "detail" and not data.rows):
@@ -521,6 +544,9 @@ def render_batch(data: TopData, state: UIState, width: int = 80) -> str:
     full = 2 + nw + sum(c.width + 1 for c in cols)
     out = [title_line(data, state, max(width, 120))] + fs_lines(data, max(width, 120), 8)
     out.append(hooks_line(data, 200))
+    life = lifecycle_line(data, 200)
+    if life:
+        out.append(life)
     out.append("")
     out.append(table_header(state, full, nw).rstrip())
     for r in visible_rows(data, state):
@@ -539,6 +565,12 @@ def render_batch(data: TopData, state: UIState, width: int = 80) -> str:
         out += [f"  {_name(data.metas, p.caller, 40, data.flushes)} -> "
                 f"{_name(data.metas, p.victim, 40)}: {p.bytes} {p.flushes} {p.stall_seconds:.6f}"
                 for p in pairs]
+    if data.lifecycle and data.lifecycle.events:
+        out.append("")
+        out.append(f"container starts and stops in the last {data.window:.0f}s "
+                   "(container step: seconds, others' bytes, others' seconds):")
+        out += [f"  {_name(data.metas, e.key, 40)} {e.step}: {e.flush.duration:.6f} "
+                f"{e.others_bytes} {e.others_seconds:.6f}" for e in data.lifecycle.events]
     if data.errlog and (data.errlog.leaks or data.errlog.losses):
         out.append("")
         out += data.errlog.leaks + data.errlog.losses

@@ -75,6 +75,7 @@ class TopData:
     errlog: ErrorLog | None = None
     note: str = ""               # "replay 12/60s", "end of recording"...
     interference: analysis.Interference | None = None    # of `flushes`
+    lifecycle: analysis.Lifecycle | None = None          # container starts/stops in `flushes`
 
     def by_key(self) -> dict[str, TopRow]:
         return {r.key: r for r in self.rows}
@@ -93,6 +94,7 @@ def collect(model: Model, t_prev: float | None, t: float | None = None,
     win = model.snapshot(since=w_start, t=t, rows=False)  # flushes
     flushes = sorted(win.flushes, key=lambda f: -f.end)
     inter = analysis.interference(flushes, win.metas)
+    life = analysis.lifecycle(flushes, win.metas)
 
     rows: list[TopRow] = []
     fs: dict[str, FsSummary] = {}
@@ -125,7 +127,7 @@ def collect(model: Model, t_prev: float | None, t: float | None = None,
             errors=r.total.writeback_errors + r.total.errors_returned, total=r.total))
     return TopData(t=t, interval=dt, window=t - w_start, rows=rows, fs=list(fs.values()),
                    flushes=flushes, metas=win.metas, hooks=model.hooks, wall=wall,
-                   interference=inter)
+                   interference=inter, lifecycle=life)
 
 
 class ErrorTracker:
