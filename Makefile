@@ -2,8 +2,10 @@
 #   make setup   ./.venv (distro python3 + system site packages for bcc)
 #   make demo    sandbox containers + live audit
 #   make test    every test: unit, live on this kernel, the mutation check
-#                (planted bugs the suite must catch), and the function hooks
-#                in a Debian kernel under QEMU (test-vm)
+#                (planted bugs the suite must catch), a 2-minute soak
+#                (churn, instant containers, an error storm: every container
+#                exact), and the function hooks in a Debian kernel under
+#                QEMU (test-vm)
 PY        ?= /usr/bin/python3
 VENV      := .venv
 APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
@@ -11,7 +13,7 @@ APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
 APT_TEST  := tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
 APT_VM    := qemu-system-x86 linux-image-amd64 linux-headers-amd64
 
-.PHONY: setup setup-test setup-vm demo test test-host test-vm mutate bench clean root
+.PHONY: setup setup-test setup-vm demo test test-host test-vm mutate soak bench clean root
 
 # everything here mounts filesystems or loads BPF: say so once, plainly
 root:
@@ -46,13 +48,18 @@ setup-vm: setup
 demo: setup
 	$(VENV)/bin/ovltrace demo
 
-test: test-host mutate test-vm
+test: test-host mutate soak test-vm
 
 test-host: setup-test
 	$(VENV)/bin/python -m pytest tests
 
 mutate: setup-test
 	$(VENV)/bin/python tests/mutate.py
+
+# the CI-sized soak: exits 1 unless every container's bytes are exact and
+# no writeback error lands on the wrong container (bench/soak for the full one)
+soak: setup-test
+	$(VENV)/bin/python bench/soak --minutes 2
 
 test-vm: setup-test setup-vm
 	tests/vm/run
