@@ -4,6 +4,7 @@ and prometheus_client's own HTTP exposition (content negotiation, gzip,
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -143,6 +144,10 @@ def run_exporter(opts: TraceOptions, listen: str, telemetry_path: str, config: E
             return False, f"tracing loop stalled for {age:.0f}s"
         return True, "OK"
 
+    # The tracing loop and a scrape share one interpreter: let the scrape
+    # thread take the GIL after 1 ms, not 5, when the loop is busy (mount
+    # churn), so a scrape never queues behind a burst of session work.
+    sys.setswitchinterval(0.001)
     registry = CollectorRegistry(auto_describe=False)
     server = make_server(host, port)
     thread = None
