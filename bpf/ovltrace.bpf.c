@@ -55,6 +55,7 @@ BPF_PERCPU_ARRAY(stats, struct ovl_stats, MAX_SLOTS);
  * two, so only a flood of them while it lags can push one out. */
 BPF_TABLE("lru_hash", struct orphan_key, struct orphan_val, orphans, ORPHAN_SIZE);
 BPF_PERCPU_ARRAY(orphan_scratch, struct orphan_val, 1);      /* too big for the stack */
+BPF_PERCPU_ARRAY(orphan_ids, u64, 1);                        /* orphans made on this CPU */
 
 /* Bytes of folios just dirtied, waiting for the __mark_inode_dirty
  * (I_DIRTY_PAGES) that the kernel calls right after, on the same CPU, for
@@ -81,6 +82,20 @@ BPF_HASH(ret_pending, u32, struct pending_ret, 4096);        /* tid -> fsync on 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);        /* flushes, errors returned */
 BPF_RINGBUF_OUTPUT(error_events, RINGBUF_PAGES);  /* writeback errors */
 BPF_RINGBUF_OUTPUT(mount_events, RINGBUF_PAGES);  /* overlay mounts */
+
+/* *counter + 1, atomically, returning the new value.  Kernels before 5.12
+ * have no fetching atomics (BPF_FETCH; probes.py defines HAVE_BPF_FETCH
+ * from 5.12): there the value is read after the add, and two CPUs adding
+ * at once may read the same one. */
+static __always_inline u64 next_value(u64 *counter)
+{
+#ifdef HAVE_BPF_FETCH
+	return __sync_fetch_and_add(counter, 1) + 1;
+#else
+	__sync_fetch_and_add(counter, 1);
+	return *counter;
+#endif
+}
 
 static __always_inline void count(u32 idx)
 {
@@ -202,11 +217,13 @@ static __always_inline struct orphan_val *orphan_of(u64 inode, u64 ino, struct o
 	struct orphan_val *v = orphans.lookup(&k);
 	if (v || !w)
 		return v;
-	u32 idx = KS_ORPHAN_ID;
-	u64 *id = kstate.lookup(&idx);
+	/* per CPU, with the CPU in the top bits: only the programs of one CPU
+	 * (one preempting another) share a counter */
+	u32 zero = 0;
+	u64 *id = orphan_ids.lookup(&zero);
 	if (!id)
 		return 0;
-	w->id = (u32)__sync_fetch_and_add(id, 1) + 1;
+	w->id = (bpf_get_smp_processor_id() & 0x3ff) << 22 | (next_value(id) & 0x3fffff);
 	w->seq = (u32)kstate_get(KS_MOUNT_SEQ);
 	w->first_ns = bpf_ktime_get_ns();
 	__builtin_memset(&w->s, 0, sizeof(w->s));
@@ -973,7 +990,7 @@ static __always_inline void mount_begin(u32 kind, u64 dir, u64 data, s32 fd)
 		return;
 	struct mounting_val m = { .start_ns = bpf_ktime_get_ns(), .dir = dir, .data = data,
 	                          .kind = kind, .fd = fd };
-	m.seq = (u32)__sync_fetch_and_add(seq, 1) + 1;
+	m.seq = (u32)next_value(seq);
 	__sync_fetch_and_add(inflight, 1);
 	u32 tid = (u32)bpf_get_current_pid_tgid();
 	mounting.update(&tid, &m);

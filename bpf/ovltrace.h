@@ -22,7 +22,7 @@ enum config_idx { CFG_EPOCH = 0, CFG_FN_COPY_UP = 1 /* copy_up not on the workdi
 		  CFG_NR = 4 };
 /* kstate[] indexes: written by the kernel side only */
 enum kstate_idx { KS_MOUNT_SEQ = 0 /* overlay mounts begun */, KS_MOUNTS_INFLIGHT = 1,
-		  KS_ORPHAN_ID = 2, KS_NR = 4 };
+		  KS_NR = 4 };
 
 #define COPYUP_LAT_SLOTS 16   /* log2(microseconds) buckets of copy-up latency */
 enum ret_kind { RK_SYNCFS = 1, RK_FSYNC = 2, RK_FDATASYNC = 3 };

@@ -219,6 +219,7 @@ class Resolver:
         self._by_upper: dict[str, Container] = {}
         self._by_mount: dict[str, Container] = {}
         self._by_id: dict[str, Container] = {}
+        self.version = 0                 # changes when a refresh found other containers
         self.refresh()
 
     def _p(self, path: str) -> str:
@@ -234,6 +235,7 @@ class Resolver:
 
     def refresh(self) -> None:
         """Re-read runtime state; files whose mtime did not change are not re-parsed."""
+        before = (self._by_upper, self._by_mount, self._by_id)
         self._by_upper, self._by_mount, self._by_id = {}, {}, {}
         for dr in self._docker_roots():
             self._load_docker(dr)
@@ -242,6 +244,8 @@ class Resolver:
         for tasks in _CONTAINERD_TASKS:
             self._load_containerd(tasks)
         self._files.sweep()
+        if (self._by_upper, self._by_mount, self._by_id) != before:
+            self.version += 1
 
     # -- lookups
 

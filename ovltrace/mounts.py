@@ -170,10 +170,24 @@ def _parse_line(line: str, lineno: int) -> MountInfoLine:
     )
 
 
-def parse_mountinfo(text: str) -> list[MountInfoLine]:
-    """Parse /proc/<pid>/mountinfo text. Raises MountInfoError on a bad line."""
-    return [_parse_line(line, n)
-            for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+def parse_mountinfo(text: str, known: dict | None = None,
+                    keep: dict | None = None) -> list[MountInfoLine]:
+    """Parse /proc/<pid>/mountinfo text. Raises MountInfoError on a bad line.
+    known: line -> its parse from an earlier read (a mount table mostly
+    stays the same between reads: only new lines are parsed); keep gets
+    every line of this read, to be the next read's `known`."""
+    known = known or {}
+    keep = {} if keep is None else keep
+    out = []
+    for n, line in enumerate(text.split("\n"), 1):
+        m = known.get(line)
+        if m is None:
+            if not line.strip():
+                continue
+            m = _parse_line(line, n)
+        keep[line] = m
+        out.append(m)
+    return out
 
 
 # overlay option -> normalized flag name, for the flags we report
@@ -340,7 +354,8 @@ def _replace_mps(ov: Overlay, mps: tuple[str, ...]) -> Overlay:
     return replace(ov, mountpoints=mps)
 
 
-def _discover(proc: str, cache: dict | None) -> list[Overlay]:
+def _discover(proc: str, cache: dict | None, known: dict | None = None,
+              keep: dict | None = None) -> list[Overlay]:
     host_ns, self_ns = _host_ns(proc), _self_ns(proc)
     best: dict[str, _Candidate] = {}
     mps: dict[str, list[str]] = {}
@@ -349,7 +364,7 @@ def _discover(proc: str, cache: dict | None) -> list[Overlay]:
             with open(f"{proc}/{pid}/mountinfo", encoding="utf-8",
                       errors="surrogateescape") as f:
                 text = f.read()
-            lines = parse_mountinfo(text)
+            lines = parse_mountinfo(text, known, keep)
         except (OSError, MountInfoError):
             continue                    # vanished mid-scan or unreadable
         by_mp = {m.mountpoint: m for m in lines}   # later mounts shadow earlier
@@ -427,6 +442,7 @@ class MountWatcher:
         self._only = list(only) if only is not None else None
         self._current: dict[str, Overlay] = {}
         self._cache: dict = {}
+        self._lines: dict = {}          # mountinfo line -> its parse, from the last refresh
         self._validated = False
 
     @property
@@ -434,7 +450,9 @@ class MountWatcher:
         return dict(self._current)
 
     def refresh(self) -> tuple[list[Overlay], list[Overlay]]:
-        ovs = _discover(self._proc, self._cache)
+        keep: dict = {}
+        ovs = _discover(self._proc, self._cache, self._lines, keep)
+        self._lines = keep              # the lines still there, parsed
         if self._only is not None:
             ovs = filter_only(ovs, self._only, strict=not self._validated)
             self._validated = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import struct
 import time
 from dataclasses import dataclass
@@ -38,6 +39,13 @@ def bpf_stats_enabled() -> bool:
             return f.read().strip() == "1"
     except OSError:
         return False
+
+
+def kernel_release() -> tuple[int, int]:
+    """(major, minor) of the running kernel: the BPF instructions it has
+    (fetching atomics: 5.12) depend on it, not on the BTF read."""
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def kdev(major: int, minor: int) -> int:
@@ -228,7 +236,9 @@ class Probes:
     def cflags(self, gen_dir: str) -> list[str]:
         fns = [] if self.mode == "tracepoints" else \
             [h for h, why in self.layout.functions.items() if why is None and self._requested(h)]
+        fetch = ["-DHAVE_BPF_FETCH"] if kernel_release() >= (5, 12) else []
         return ([f"-I{gen_dir}", f"-I{BPF_DIR}", "-Wno-macro-redefined"] + self.limits.cflags()
+                + fetch
                 + [f"-DHOOK_{h}" for h in self.enabled_hooks()] + [f"-DFN_{h}" for h in fns])
 
     # -- lifecycle ---------------------------------------------------------

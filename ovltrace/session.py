@@ -93,6 +93,9 @@ class Session:
         self.instant_overlays = 0                # overlays known only from their mount event
         self.slotless: dict[str, _Watched] = {}  # ... those of them that got no slot
         self._unnamed: dict[str, tuple[Overlay, float]] = {}   # key -> (overlay, since)
+        self._named_at = -1                      # resolver.version _resolve_late last saw
+        self._upper_mounts: dict[str, object] = {}   # upper fs dev -> its mount (mount_of_dev)
+        self._last_prune = 0.0
 
     # ---- clock -------------------------------------------------------------
     def now(self) -> float:
@@ -202,6 +205,7 @@ class Session:
         on disk names the container.  Overlays still unnamed are looked up
         again after each re-read of the runtimes' state, for a while."""
         now = self.now()
+        self._named_at = self.resolver.version
         for key, (ov, since) in list(self._unnamed.items()):
             c = self.resolver.for_overlay(ov)
             meta = self.model.metas.get(key)
@@ -226,6 +230,9 @@ class Session:
 
     def _expire(self) -> None:
         now = self.now()
+        for key, (_ov, since) in list(self._unnamed.items()):
+            if now - since > RESOLVE_LATE:
+                del self._unnamed[key]
         for key, w in list(self.slotless.items()):
             if now - w.gone_since > GONE_GRACE:
                 self.model.counters(now, {key: self.carry.pop(key, Counters())})
@@ -278,11 +285,12 @@ class Session:
             if changes is not None:
                 self._apply(*changes)
             self._adopt(seen, moved)
-            if changes is not None and self._unnamed:
+            if self._unnamed and self.resolver.version != self._named_at:
                 self._resolve_late()
             if changes is not None:
                 self._expire()
-                if self.retention:
+                if self.retention and time.monotonic() - self._last_prune >= 1.0:
+                    self._last_prune = time.monotonic()
                     # flushes (each with its victims) and errors are only
                     # needed until views have consumed them
                     self.model.prune(self.now() - self.retention,
@@ -322,9 +330,17 @@ class Session:
             if sm is not None:
                 up = resolve_dir(sm.pid, sm.upperdir) if sm.ok else None
                 work = resolve_dir(sm.pid, sm.workdir) if up else None
-                host = mount_of_dev(f"{os.major(up[0])}:{os.minor(up[0])}") if up else None
+                host = self._upper_mount(f"{os.major(up[0])}:{os.minor(up[0])}") if up else None
                 seen.append((sm, up, work, host))
         return seen, moved
+
+    def _upper_mount(self, dev: str):
+        """The mount of upper fs `dev` here (mount_of_dev), remembered: a
+        burst of container starts on one disk reads the mount table once."""
+        m = self._upper_mounts.get(dev)
+        if m is None or not _mounted_there(m.mountpoint, dev):   # (a loop device reused)
+            m = self._upper_mounts[dev] = mount_of_dev(dev)
+        return m
 
     def _adopt(self, seen: list, moved: list) -> None:
         """Link each mount seen in the kernel to the overlay the mount table
@@ -653,6 +669,14 @@ def _put(d: OrderedDict, k, v) -> None:
     d[k] = v
     if len(d) > ORPHAN_OWNERS_KEPT:
         d.popitem(last=False)
+
+
+def _mounted_there(path: str, dev: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" == dev
 
 
 def _mnt_ns(pid: int) -> int:

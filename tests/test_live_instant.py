@@ -107,3 +107,19 @@ def test_host_writes_beside_instant_mounts_stay_the_upper_fs(sandbox):
 def _host_write(sandbox, i: int) -> None:
     with open(os.path.join(sandbox.upper_fs, f"host-{i:03d}"), "wb") as f:
         f.write(b"h" * (PAGE * (i % 5 + 1)))
+
+
+def test_the_program_loads_without_fetching_atomics(monkeypatch):
+    """Kernels before 5.12 have no fetching atomics: the program is built
+    without them there (bpf/ovltrace.bpf.c next_value) and must still load."""
+    from ovltrace import probes
+    monkeypatch.setattr(probes, "kernel_release", lambda: (5, 10))
+    p = probes.Probes()
+    assert "-DHAVE_BPF_FETCH" not in p.cflags("/gen")
+    p.attach()
+    try:
+        assert p.chosen["mounts"].mechanism == "tracepoint"
+    finally:
+        p.close()
+    monkeypatch.setattr(probes, "kernel_release", lambda: (5, 12))
+    assert "-DHAVE_BPF_FETCH" in probes.Probes().cflags("/gen")
