@@ -63,10 +63,13 @@ class Trace:
         self._reader.start()
 
     def _read_stderr(self):
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line.rstrip("\n"))
-            if line.startswith(BANNER):
-                self._attached.set()
+        try:
+            for line in self.proc.stderr:
+                self.stderr_lines.append(line.rstrip("\n"))
+                if line.startswith(BANNER):
+                    self._attached.set()
+        except ValueError:
+            pass                      # finish() closed the pipe first: nothing more to read
         self._attached.set()          # exited: wake the waiter
 
     def wait_attached(self, timeout: float | None = None) -> None:

@@ -30,11 +30,17 @@ def instant_size(i: int) -> int:
     return PAGE * (i % 13) + (i * 7) % PAGE + 1
 
 
-def check_each_exact(rep: dict, made: dict[str, int]) -> int:
+def ours(rep: dict, sandbox) -> tuple[dict, list]:
+    """The sandbox's overlays and upper fs (the audit sees the whole host)."""
+    rows = {o["mountpoint"]: o for o in rep["overlays"] if o["upper_dev"] == sandbox.upper_dev}
+    return rows, [u for u in rep["upper_filesystems"] if u["upper_dev"] == sandbox.upper_dev]
+
+
+def check_each_exact(rep: dict, made: dict[str, int], sandbox) -> int:
     """Every container listed with exactly its bytes, and its unmount's
     flush writing back exactly those; returns the bytes those flushes
     wrote back for the upper fs outside the overlays."""
-    rows = {o["mountpoint"]: o for o in rep["overlays"]}
+    rows, fs = ours(rep, sandbox)
     assert set(rows) == set(made), (len(rows), len(made))       # none missing, none extra
     wrong = {mp: (rows[mp]["bytes_dirtied"], rows[mp]["bytes_written_back"], pages(n))
              for mp, n in made.items()
@@ -42,12 +48,13 @@ def check_each_exact(rep: dict, made: dict[str, int]) -> int:
                  rows[mp]["inodes_dirtied"]) != (pages(n), pages(n), 1)}
     assert not wrong, f"{len(wrong)} of {len(made)} wrong: {list(wrong.items())[:5]}"
     # each unmount is a flush the container itself caused, writing back its bytes
-    flushes = {f["overlay"]: f for f in rep["flushes"] if f["kind"] == "umount"}
+    flushes = {f["overlay"]: f for f in rep["flushes"]
+               if f["kind"] == "umount" and f["upper_dev"] == sandbox.upper_dev}
     assert set(flushes) == set(made)
     outside = 0
     for mp, n in made.items():
         victims = {v["overlay"]: v["bytes_written_back"] for v in flushes[mp]["victims"]}
-        outside += victims.pop(rep["upper_filesystems"][0]["mountpoint"], 0)
+        outside += victims.pop(fs[0]["mountpoint"], 0)
         assert victims == {mp: pages(n)}, (mp, flushes[mp])
     return outside
 
@@ -61,11 +68,11 @@ def test_a_thousand_instant_containers_each_exact(sandbox):
             made[instant_container(sandbox, f"i{i:04d}", n).mountpoint] = n
 
     rep = audit_json([], work)
-    assert check_each_exact(rep, made) == 0
+    assert check_each_exact(rep, made, sandbox) == 0
     assert rep["self"]["orphans_full"] == 0 and rep["self"]["mount_events_dropped"] == 0
     # the upper fs itself: nothing written outside the overlays, so no byte
     # of theirs may land there (an orphan counted twice would)
-    fs = rep["upper_filesystems"]
+    fs = ours(rep, sandbox)[1]
     assert [u["outside_overlays"]["bytes_dirtied"] for u in fs] == [0]
     assert [u["bytes_dirtied"] for u in fs] == [sum(pages(n) for n in made.values())]
 
@@ -79,7 +86,7 @@ def test_the_new_mount_api_too(sandbox):
             made[instant_container(sandbox, f"n{i:02d}", n, new_api=True).mountpoint] = n
 
     rep = audit_json([], work)
-    assert check_each_exact(rep, made) == 0      # mount points learnt from move_mount
+    assert check_each_exact(rep, made, sandbox) == 0      # mount points learnt from move_mount
 
 
 def test_host_writes_beside_instant_mounts_stay_the_upper_fs(sandbox):
@@ -99,8 +106,8 @@ def test_host_writes_beside_instant_mounts_stay_the_upper_fs(sandbox):
             host += pages(PAGE * (i % 5 + 1))
 
     rep = audit_json([], work)
-    assert check_each_exact(rep, made) == host       # each unmount wrote back a host file too
-    fs = rep["upper_filesystems"]
+    assert check_each_exact(rep, made, sandbox) == host       # each unmount wrote back a host file too
+    fs = ours(rep, sandbox)[1]
     assert [u["outside_overlays"]["bytes_dirtied"] for u in fs] == [host]
 
 
