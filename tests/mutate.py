@@ -90,7 +90,7 @@ MUTANTS = [
            'c = self._by_upper.get(f"{m.group(1)}/overlay2/{m.group(2)}/diff")', "c = None",
            ["tests/test_lifecycle_live.py"]),
     Mutant("a container named only if its state was on disk at mount", "ovltrace/session.py",
-           "if changes is not None and self._unnamed:", "if False:",
+           "if self._unnamed and self.resolver.version != self._named_at:", "if False:",
            ["tests/test_lifecycle_live.py"]),
     Mutant("lifecycle stall counted whole per neighbour", "ovltrace/analysis.py",
            "            n.seconds += s.seconds", "            n.seconds += e.flush.duration",
