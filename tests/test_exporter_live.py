@@ -95,6 +95,10 @@ scrape_configs:
         demo.start_workload(mix, syncfs_interval=0.2)
         wait_for(lambda: query_exporter(exp_port, "ovltrace_flush_others_stall_seconds_total") > 0.05,
                  60, "the syncer's flushes stalling on others' data")
+        # dirty inodes live between the syncer's flushes (0.2 s): let
+        # Prometheus see some before the error writer makes ext4 read-only
+        wait_for(lambda: query(url, "max_over_time(ovltrace_overlay_dirty_inodes[1m]) > 0"), 60,
+                 "a scrape with dirty inodes")
         workloads.error_writer(setup.sandbox, setup.overlays[4], total_mb=400)
         # enough scrapes for rates, the copy-up, flushes stalling others,
         # the error writer filling the upper fs, and a leak to the syncer
