@@ -28,6 +28,7 @@ RECORD_RETENTION = 120.0  # flushes/errors kept by long-running views: scrape mo
 ORPHAN_WAIT = 10.0      # a flush or error naming an undecided orphan waits this long at most
 ORPHAN_OWNERS_KEPT = 65536
 RESOLVE_LATE = 120.0    # how long an overlay's container is looked for again (see _resolve_late)
+UNPLACED_WAIT = 10.0    # a new-API mount not moved into place by then is given up
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Session:
         self._named_at = -1                      # resolver.version _resolve_late last saw
         self._upper_mounts: dict[str, object] = {}   # upper fs dev -> its mount (mount_of_dev)
         self._last_prune = 0.0
+        self._unplaced: dict[int, tuple] = {}   # seq -> new-API mount not yet moved into place
 
     # ---- clock -------------------------------------------------------------
     def now(self) -> float:
@@ -274,7 +276,7 @@ class Session:
         events = self.probes.poll(int(timeout * 1000))
         seen, moved = self._read_mount_events([e for e in events if e.type == bpfdefs.EV_MOUNT])
         changes = sample = None
-        if seen or self._mounts_changed() or \
+        if seen or moved or self._mounts_changed() or \
                 time.monotonic() - self._last_refresh >= self.refresh_interval:
             self._last_refresh = time.monotonic()
             changes = self._read_mounts()
@@ -345,23 +347,41 @@ class Session:
     def _adopt(self, seen: list, moved: list) -> None:
         """Link each mount seen in the kernel to the overlay the mount table
         showed, or, when it is gone already, watch it from its directories
-        alone.  Either way it can claim its orphans now."""
+        alone.  Either way it can claim its orphans now.  A mount made with
+        the new API is attached (in the mount table) only at its
+        move_mount: it is placed then, its orphans kept until that."""
+        now = self.now()
+        for seq, (sm, *_rest, since) in list(self._unplaced.items()):
+            if now - since > UNPLACED_WAIT:           # never attached, or that event lost
+                del self._unplaced[seq]
+                self.settler.take(seq)
         for sm, up, work, host in seen:
-            self.settler.take(sm.seq)
-            if up is None:
-                continue                      # failed, read-only, or its upperdir is gone
-            udev = kdev(os.major(up[0]), os.minor(up[0]))
-            w = self._live_overlay(udev, up[1])
-            if w is not None:
-                w.mounted_ns = sm.start_ns
-            elif self.only is None or (sm.target and os.path.normpath(sm.target) in self.only):
-                self._watch_instant(sm, udev, up, work, host)
+            if up is not None and sm.target is None:
+                self._unplaced[sm.seq] = (sm, up, work, host, now)
+            else:
+                self._place(sm, up, work, host)
         for seq, target in moved:
+            waiting = self._unplaced.pop(seq, None)
+            if waiting is not None:
+                sm, up, work, host, _since = waiting
+                self._place(replace(sm, target=target), up, work, host)
+                continue
             for w in self._overlays():
                 if w.seq == seq and w.ov is not None and not w.ov.mountpoint:
                     w.ov = replace(w.ov, mountpoint=target, mountpoints=(target,))
                     if w.key in self.model.metas:
                         self.model.add(replace(self.model.metas[w.key], mountpoint=target))
+
+    def _place(self, sm: SeenMount, up, work, host) -> None:
+        self.settler.take(sm.seq)
+        if up is None:
+            return                            # failed, read-only, or its upperdir is gone
+        udev = kdev(os.major(up[0]), os.minor(up[0]))
+        w = self._live_overlay(udev, up[1])
+        if w is not None:
+            w.mounted_ns = sm.start_ns
+        elif self.only is None or (sm.target and os.path.normpath(sm.target) in self.only):
+            self._watch_instant(sm, udev, up, work, host)
 
     def _overlays(self):
         """Every overlay watched: with a slot (live or in grace), and without."""
@@ -474,6 +494,9 @@ class Session:
                 if ev.type != bpfdefs.EV_MOUNT:
                     self._on_event(ev)
             self._adopt(seen, moved)
+            for sm, up, work, host, _since in self._unplaced.values():
+                self._place(sm, up, work, host)      # the end: where it went is not known
+            self._unplaced.clear()
         self.settler.advance(self.probes.mounts_begun(), time.monotonic())
         sample = self._read_sample(final=True)
         with self.lock:
