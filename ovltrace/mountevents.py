@@ -36,9 +36,10 @@ class SeenMount:
     flags: tuple[str, ...] = ()
 
 
-def _put(d: OrderedDict, k, v) -> None:
+def put_bounded(d: OrderedDict, k, v, cap: int = _MAX_PENDING) -> None:
+    """d[k] = v, forgetting the oldest entry beyond `cap`."""
     d[k] = v
-    if len(d) > _MAX_PENDING:
+    if len(d) > cap:
         d.popitem(last=False)
 
 
@@ -65,16 +66,16 @@ class Assembler:
             name = "upperdir" if ev.kind == bpfdefs.MK_FS_UPPER else "workdir"
             ctx = self._ctx.get(who) or {}
             ctx[name] = ev.data
-            _put(self._ctx, who, ctx)
+            put_bounded(self._ctx, who, ctx)
             return None, None
         if ev.kind == bpfdefs.MK_FS_CREATE:
             ctx = self._ctx.get(who) or {}
-            _put(self._ctx_seq, who, ev.seq)
+            put_bounded(self._ctx_seq, who, ev.seq)
             return self._seen(ev, ctx.get("upperdir"), ctx.get("workdir"), None, ()), None
         if ev.kind == bpfdefs.MK_FSMOUNT:
             seq = self._ctx_seq.get(who)
             if seq is not None:
-                _put(self._mnt_seq, (ev.pid, ev.ret), seq)
+                put_bounded(self._mnt_seq, (ev.pid, ev.ret), seq)
             return None, None
         if ev.kind == bpfdefs.MK_MOVE_MOUNT:
             seq = self._mnt_seq.pop(who, None)

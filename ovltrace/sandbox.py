@@ -272,8 +272,8 @@ class Sandbox:
         self.backing_exhausted = True
         return filled
 
-    def add_overlay(self, name: str, volatile: bool = False, metacopy: bool = False,
-                    index: bool = False) -> SandboxOverlay:
+    def prepare_overlay(self, name: str, volatile: bool = False) -> SandboxOverlay:
+        """An overlay's upper, work and mount directories, made; not mounted."""
         if not name or "/" in name or name.startswith(".") or name in _RESERVED:
             raise ValueError(f"bad overlay name {name!r}")
         if name in self.overlays:
@@ -284,6 +284,11 @@ class Sandbox:
                             lowerdir=self.lower, volatile=volatile)
         for d in (ov.upperdir, ov.workdir, ov.mountpoint):
             os.makedirs(d, exist_ok=True)
+        return ov
+
+    def add_overlay(self, name: str, volatile: bool = False, metacopy: bool = False,
+                    index: bool = False) -> SandboxOverlay:
+        ov = self.prepare_overlay(name, volatile)
         opts = [f"lowerdir={ov.lowerdir}", f"upperdir={ov.upperdir}", f"workdir={ov.workdir}",
                 # explicit, so kernel config defaults don't change behaviour
                 f"metacopy={'on' if metacopy else 'off'}", f"index={'on' if index else 'off'}"]

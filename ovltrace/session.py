@@ -18,7 +18,7 @@ from .containers import CgroupIds, Resolver, cgroup_of_pid, helper_of
 from .counters import Counters
 from .errors import OvltraceError
 from .model import ErrorReturned, Flush, Model, OverlayMeta, Victim, WbError
-from .mountevents import Assembler, SeenMount, Settler, resolve_dir
+from .mountevents import Assembler, SeenMount, Settler, put_bounded, resolve_dir
 from .mounts import MountWatcher, Overlay, UnknownOverlayError, discover, mount_of_dev
 from .probes import Limits, Orphan, Probes, RawEvent, format_dev, kdev, parse_dev
 
@@ -466,7 +466,8 @@ class Session:
                 owner = fs.key if fs is not None else None
             if owner is not None:
                 self.carry[owner] = self._with_carry(owner, o.counters)
-                _put(self.orphan_owner, (bpfdefs.ORPHAN_SLOT, o.id), owner)
+                put_bounded(self.orphan_owner, (bpfdefs.ORPHAN_SLOT, o.id), owner,
+                            ORPHAN_OWNERS_KEPT)
             done.append(o.key)
         self.probes.drop_orphans(done)
         self.orphans_waiting = waiting
@@ -686,12 +687,6 @@ def _claimant(o: Orphan, dirs: dict[tuple[int, int], _Watched]) -> str | None:
         if w is not None and w.mounted_ns is not None and w.mounted_ns <= o.first_ns:
             return w.key
     return None
-
-
-def _put(d: OrderedDict, k, v) -> None:
-    d[k] = v
-    if len(d) > ORPHAN_OWNERS_KEPT:
-        d.popitem(last=False)
 
 
 def _mounted_there(path: str, dev: str) -> bool:

@@ -363,12 +363,7 @@ def instant_container(sb: Sandbox, name: str, size: int, new_api: bool = False,
     written into one new file, unmounted (which syncs the upper fs), with
     no pause anywhere (`between` runs after the write, before the unmount).
     Its directories stay, like a stopped container's."""
-    base = os.path.join(sb.upper_fs, name)
-    ov = SandboxOverlay(name=name, mountpoint=os.path.join(sb.root, name, "merged"),
-                        upperdir=os.path.join(base, "diff"), workdir=os.path.join(base, "work"),
-                        lowerdir=sb.lower, volatile=False)
-    for d in (ov.upperdir, ov.workdir, ov.mountpoint):
-        os.makedirs(d, exist_ok=True)
+    ov = sb.prepare_overlay(name)
     mount_overlay(ov.lowerdir, ov.upperdir, ov.workdir, ov.mountpoint, new_api)
     try:
         fd = os.open(os.path.join(ov.mountpoint, "data"), os.O_WRONLY | os.O_CREAT, 0o644)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -137,6 +138,13 @@ def by_mountpoint(report: dict, mountpoint: str) -> dict:
     rows = [o for o in report["overlays"] if o["mountpoint"] == mountpoint]
     assert rows, f"{mountpoint} not in report: {[o['mountpoint'] for o in report['overlays']]}"
     return rows[-1]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for an exporter or Prometheus)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def sh(cmd: str) -> None:

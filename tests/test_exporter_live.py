@@ -4,7 +4,6 @@ through Prometheus' HTTP API, must return data, with the expected sign."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,16 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Trace
+from conftest import Trace, free_port
 from exporter_helpers import RULES, dashboard_exprs, metric_names, rule_exprs, template_selectors
 
 pytestmark = pytest.mark.live
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, timeout: float = 10) -> bytes:

@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, Trace
+from conftest import ROOT, Trace, free_port
 from ovltrace.untrusted import decode, visible
 from ovltrace.workloads import error_leak_scenario
 
@@ -38,12 +37,6 @@ fd = os.open(sys.argv[2], os.O_RDONLY | os.O_DIRECTORY)
 libc.syncfs(fd)
 libc.sync()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ovltrace(*args: str) -> str:

@@ -11,10 +11,8 @@ nothing, and the report says why."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, Trace
+from conftest import ROOT, Trace, free_port
 from test_containers_live import (DOCKER, IMAGE, PODMAN_IMAGE, dockerd, rootfs_tar,  # noqa: F401
                                   run)
 
@@ -32,12 +30,6 @@ MiB = 1 << 20
 HOG, NEWBIE, PODNEW = "ovt-hog", "ovt-newbie", "ovt-podnew"
 PODMAN = ["podman", "--runtime", "runc"]
 NO_LIMITS = ["--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(*args: str) -> str:

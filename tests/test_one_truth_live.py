@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, Trace, write_file
+from conftest import ROOT, Trace, free_port, write_file
 from ovltrace.format import human_bytes, human_seconds
 from ovltrace.workloads import syncfs
 
@@ -33,12 +32,6 @@ WRITTEN = {"batch": 12 * MiB, "cache": 4 * MiB}
 # Each process's own BPF programs time the same syncfs: they run one after
 # another on the same tracepoints, microseconds apart.
 CLOCK_SLACK = 0.002
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def top_pairs(text: str) -> dict[tuple[str, str], tuple[int, int, float]]:

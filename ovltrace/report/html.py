@@ -12,6 +12,7 @@ import json
 
 from ..format import human_bytes, human_seconds
 from ..untrusted import html_text
+from .table import lifecycle_counts
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}
@@ -71,7 +72,7 @@ def render_html(rep: dict) -> str:
     lc = rep["lifecycle"]
     if lc["events"]:
         p.append("<h2>Container starts and stops</h2>")
-        p.append(f'<p class="muted">{html_text(_counts(lc))}: '
+        p.append(f'<p class="muted">{html_text(lifecycle_counts(lc))}: '
                  f'{human_seconds(lc["stall_seconds"])} in their unmounts\' syncs, '
                  f'{human_seconds(lc["others_seconds"])} of it on neighbours\' data.</p>')
         p.append(_table(["container", "runtime", "step", "time", "own data", "others' data",
@@ -112,10 +113,6 @@ def render_html(rep: dict) -> str:
              + json.dumps(rep).replace("</", "<\\/") + "</script>")
     p.append("</body></html>")
     return "\n".join(p)
-
-
-def _counts(lc) -> str:
-    return ", ".join(f'{c["events"]} {c["runtime"]} {c["step"]}' for c in lc["counts"])
 
 
 def _fs(rep):

@@ -62,7 +62,7 @@ def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str,
                     _t(rows, ["KIND", "CALLER", "PID/COMM", "TIME", "RET", "OWN", "OTHERS'"], fmt)))
     lc = rep["lifecycle"]
     if lc["events"]:
-        counts = ", ".join(f"{c['events']} {c['runtime']} {c['step']}" for c in lc["counts"])
+        counts = lifecycle_counts(lc)
         rows = [[cut_to(visible(e["container"]), width + 6),   # fewer columns: room for "/init"
                  e["step"] + (" (volatile)" if e["volatile"] else ""),
                  human_seconds(e["duration_seconds"]), human_bytes(e["own_bytes"]),
@@ -123,6 +123,11 @@ def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str,
     else:
         out.append(("ovltrace vs cgroup accounting", f"not available: {cg['note']}"))
     return out
+
+
+def lifecycle_counts(lc: dict) -> str:
+    """'1 docker create, 2 docker stop': the report's lifecycle counts."""
+    return ", ".join(f"{c['events']} {c['runtime']} {c['step']}" for c in lc["counts"])
 
 
 def _tail(path: str, width: int) -> str:
