@@ -42,6 +42,7 @@ class _Watched:
     gone_since: float | None = None
     mounted_ns: int | None = None   # its mount syscall began (seen by the mounts hook)
     seq: int | None = None          # known only from its mount event: that mount's seq
+    seen_at: float | None = None    # the mount table first showed it (session time)
 
 
 @dataclass
@@ -185,7 +186,7 @@ class Session:
                 continue                      # out of slots: counted in probes
             slot, gen = ref
             key = f"o{slot}.{gen}"
-            w = _Watched(key, slot, gen, ov, parse_dev(ov.dev), upper_dev)
+            w = _Watched(key, slot, gen, ov, parse_dev(ov.dev), upper_dev, seen_at=now)
             self.watched[slot] = w
             self.by_slotgen[(slot, gen)] = key
             self.ovl_by_dev[w.dev] = w
@@ -377,7 +378,7 @@ class Session:
         if up is None:
             return                            # failed, read-only, or its upperdir is gone
         udev = kdev(os.major(up[0]), os.minor(up[0]))
-        w = self._live_overlay(udev, up[1])
+        w = self._table_overlay(udev, up[1], sm.start_ns)
         if w is not None:
             w.mounted_ns = sm.start_ns
         elif self.only is None or (sm.target and os.path.normpath(sm.target) in self.only):
@@ -388,12 +389,22 @@ class Session:
         yield from self.watched.values()
         yield from self.slotless.values()
 
-    def _live_overlay(self, udev: int, upper_ino: int) -> _Watched | None:
+    def _table_overlay(self, udev: int, upper_ino: int, start_ns: int) -> _Watched | None:
+        """The overlay the mount table showed for a mount seen in the kernel:
+        on the same upperdir and still mounted, or else shown only after
+        this mount began and linked to no mount event yet (a table read
+        can catch a mount, and the next one miss it, before its event is
+        read)."""
+        began = self._t(start_ns)
+        gone = None
         for w in self.watched.values():
-            if w.ov is not None and w.gone_since is None and w.upper_dev == udev \
-                    and w.ov.upper_ino == upper_ino:
+            if w.ov is None or w.upper_dev != udev or w.ov.upper_ino != upper_ino:
+                continue
+            if w.gone_since is None:
                 return w
-        return None
+            if w.mounted_ns is None and w.seen_at is not None and w.seen_at >= began:
+                gone = w
+        return gone
 
     def _watch_instant(self, sm: SeenMount, udev: int, up: tuple, work: tuple | None,
                        host) -> None:
