@@ -4,14 +4,18 @@
 #   make test    every test: unit, live on this kernel, the mutation check
 #                (planted bugs the suite must catch), a 2-minute soak
 #                (churn, instant containers, an error storm: every container
-#                exact), and the function hooks in a Debian kernel under
-#                QEMU (test-vm)
+#                exact), and the live tests again in Debian's 5.10, 6.1 and
+#                6.12 kernels under QEMU, per hook mechanism (test-vm;
+#                KERNELS="6.1" for fewer)
 PY        ?= /usr/bin/python3
 VENV      := .venv
 APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
              e2fsprogs xfsprogs util-linux
 APT_TEST  := tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
-APT_VM    := qemu-system-x86 linux-image-amd64 linux-headers-amd64
+APT_VM    := qemu-system-x86 kmod
+# the kernels test-vm boots (Debian's, fetched into a cache, never installed)
+KERNELS   ?= 5.10 6.1 6.12
+export KERNELS
 
 .PHONY: setup setup-test setup-vm demo test test-host test-vm mutate soak bench clean root
 

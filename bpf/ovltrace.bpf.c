@@ -423,7 +423,7 @@ static __always_inline void on_folio_dirty(void *folio, void *mapping)
 	/* flags and _flags_1 (the order of a large folio) in one read; both
 	 * are unsigned longs, so u64 words (KPTR_SIZE is 8) */
 	struct { u64 w[OFF_folio__flags_1 / 8 + 1]; } f;
-	if (bpf_probe_read_kernel(&f, sizeof(f), folio) == 0 &&
+	if (folio && bpf_probe_read_kernel(&f, sizeof(f), folio) == 0 &&
 	    (f.w[OFF_folio_flags / 8] & (1UL << K_PG_head)))
 		bytes = K_PAGE_SIZE << (f.w[OFF_folio__flags_1 / 8] & 0xff);
 #endif
@@ -819,11 +819,21 @@ RAW_TRACEPOINT_PROBE(writeback_mark_inode_dirty)
 #endif
 
 #ifdef HOOK_folio_dirty
+#ifdef DIRTY_PAGE_TP
+/* before folios (5.16): TP_PROTO(struct page *page, struct address_space
+ * *mapping); the page cache of a writable fs holds no large pages there */
+RAW_TRACEPOINT_PROBE(writeback_dirty_page)
+{
+	on_folio_dirty(0, (void *)ctx->args[1]);
+	return 0;
+}
+#else
 RAW_TRACEPOINT_PROBE(writeback_dirty_folio)
 {
 	on_folio_dirty((void *)ctx->args[0], (void *)ctx->args[1]);
 	return 0;
 }
+#endif
 #endif
 
 #ifdef HOOK_writeback

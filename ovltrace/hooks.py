@@ -25,7 +25,8 @@ TRACEFS = "/sys/kernel/tracing"
 #   functions    the same, but fail unless every function hook got a function
 #   fentry       every function hook on fentry/fexit only, kprobes: on
 #   kprobes      kprobe/kretprobe only; fail otherwise, except for a documented
-#                limit of that mechanism here (the hook is then off, no fallback)
+#                limit of that mechanism here: its tracepoint stand-in then
+#                serves the hook (Hook.limit says why)
 #   tracepoints  the tracepoint path only (for comparison)
 HOOK_MODES = ("auto", "functions", "fentry", "kprobes", "tracepoints")
 MECHANISMS = ("fentry", "kprobe", "tracepoint")
@@ -53,7 +54,8 @@ class Hook:
     reason: str | None = None      # why not available
     function: str | None = None    # the kernel function it can hook
     tried: dict = field(default_factory=dict)   # mechanism -> why it was not used
-    limit: str | None = None       # off for a documented limit (not an error), see known_limit()
+    limit: str | None = None       # no function hook for a documented limit (known_limit):
+    #                                the tracepoint stand-in serves it, else it is off
 
 
 class AttachError(Exception):
@@ -62,13 +64,18 @@ class AttachError(Exception):
 
 class Unreachable(AttachError):
     """The mechanism cannot reach this function on this kernel for a known,
-    documented reason (known_limit): under a forced mechanism the hook is
-    off, not an error."""
+    documented reason (known_limit): under a forced mechanism the hook's
+    tracepoint stand-in serves it, and that is not an error."""
 
 
-def known_limit(mech: str, function: str, module: str | None) -> str | None:
+def known_limit(mech: str, function: str, module: str | None,
+                module_btf: bool = True) -> str | None:
     """Why `mech` cannot reach `function` here, if that is a documented
-    limit (README "Hooks"); None otherwise.  Pure."""
+    limit (README "Hooks"); None otherwise.  `module_btf`: the function's
+    module has BTF, so the hook can read that module's structs.  Pure."""
+    if module and not module_btf:
+        return (f"{function} is in module {module}, which has no BTF here (module BTF "
+                f"came in 5.11): the hook cannot read {module}'s own structs")
     if mech == "fentry" and module:
         return (f"{function} is in module {module}, and bcc 0.26 finds fentry targets "
                 "only in vmlinux BTF")
@@ -121,9 +128,14 @@ def select_hooks(hooks: list[str], mode: str, attach) -> dict[str, Hook]:
                 raise
 
         mech, tried = choose(mechs, attempt)
+        # a documented limit: every mechanism tried hit one
+        limit = ("; ".join(f"{m}: {why}" for m, why in tried.items())
+                 if mech is None and tried and set(tried) == set(limits) else None)
+        if limit and "tracepoint" not in mechs and name in HOOKS:
+            # the forced mechanism cannot reach it here: the stand-in serves it
+            mech, more = choose(["tracepoint"], lambda m: attach(name, m))
+            tried.update(more)
         reason = None if mech else "; ".join(f"{m}: {why}" for m, why in tried.items())
-        # off only for documented limits: every mechanism tried hit one
-        limit = reason if mech is None and tried and set(tried) == set(limits) else None
         why_not = {**skipped, **tried}
         why_not = {m: why_not[m] for m in MECHANISMS if m in why_not}    # preference order
         out[name] = Hook(name, HOOKS[name]["what"], mech, reason,
@@ -133,8 +145,8 @@ def select_hooks(hooks: list[str], mode: str, attach) -> dict[str, Hook]:
 
 def require_functions(chosen: dict[str, Hook], mode: str = "functions") -> None:
     """--hooks functions: every function hook must have got a function;
-    --hooks fentry/kprobes: exactly that mechanism, or be off for a
-    documented limit (Hook.limit)."""
+    --hooks fentry/kprobes: exactly that mechanism, or its stand-in (or
+    nothing) for a documented limit (Hook.limit)."""
     allowed = (FORCED[mode],) if mode in FORCED else FUNCTION_MECHANISMS
     bad = [h for h in chosen.values() if h.function and h.mechanism not in allowed
            and h.reason != "not requested" and not h.limit]
@@ -228,7 +240,7 @@ class Attacher:
             raise AttachError(f"its stand-in needs the {', '.join(off)} hook")
         done = []
         try:
-            for tp in programs(hook):
+            for tp in programs(hook, self.layout.variants.get(hook)):
                 cat, name = tp.split("/")
                 if cat == "syscalls":
                     fn = f"tracepoint__{cat}__{name}".encode()
@@ -254,11 +266,15 @@ class Attacher:
         spec = FUNCTIONS[hook]
         fn = spec["function"]
         why = self.layout.functions.get(hook)
+        module = self.syms.get(fn)
         if why:
+            mod = self.layout.module_structs.get(hook)
+            limit = mod and known_limit(mech, fn, mod, module_btf=False)
+            if limit and not os.path.exists(f"/sys/kernel/btf/{mod}"):
+                raise Unreachable(f"{why}; {limit}")
             raise AttachError(why)
         if self.probes is not None and self.probes.mode == "tracepoints":
             raise AttachError("not tried (--hooks tracepoints)")
-        module = self.syms.get(fn)
         if module is None:
             raise AttachError(f"{fn} is not a kernel symbol (kallsyms: inlined, renamed or absent)")
         if mech == "fentry":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import re
 import struct
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from .hooks import (FORCED, TRACEFS, Attacher, Hook, _stderr_to, hook_mode, requ
                     select_hooks)
 from .kernel.btf import BTF, BTFError
 from .kernel.headers import HeaderError, build_tree, remove_tree
-from .kernel.layout import FUNCTIONS, HOOKS, Layout, generate
+from .kernel.layout import FUNCTIONS, HOOKS, Layout, generate, kernel_release
 from .untrusted import decode
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -39,13 +38,6 @@ def bpf_stats_enabled() -> bool:
             return f.read().strip() == "1"
     except OSError:
         return False
-
-
-def kernel_release() -> tuple[int, int]:
-    """(major, minor) of the running kernel: the BPF instructions it has
-    (fetching atomics: 5.12) depend on it, not on the BTF read."""
-    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def kdev(major: int, minor: int) -> int:
@@ -277,8 +269,7 @@ class Probes:
         try:
             self._set_epoch()
             # the copy-up workdir estimate is off unless copy_up ends up on
-            # that stand-in (Attacher._tracepoint): never counted twice, and
-            # never a fallback under a forced mechanism
+            # that stand-in (Attacher._tracepoint): never counted twice
             self.set_config(bpfdefs.CFG_FN_COPY_UP, 1)
             attacher = Attacher(self.bpf, self.layout, self)
             wanted = [h for h in HOOKS if self._requested(h)]

@@ -1,5 +1,6 @@
 """The BTF reader against this kernel's real BTF, and against garbage."""
 import ctypes
+import os
 import struct
 
 import pytest
@@ -7,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 from ovltrace.kernel.btf import BTF, BTFError
 from ovltrace.kernel import layout as layout_mod
-from ovltrace.kernel.layout import ATTRIBUTION, FUNCTIONS, MEMBERS, generate, pointer_size
+from ovltrace.kernel.layout import (ATTRIBUTION, FUNCTIONS, HOOKS, MEMBERS, generate, pointer_size,
+                                    programs)
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 
@@ -123,3 +125,84 @@ def test_garbage_only_raises_btferror(data):
         b.find(4, "inode")
     except BTFError:
         pass
+
+
+class _NoFolio(_NoListHead):
+    """This kernel's BTF as a 5.10 kernel's: no struct folio."""
+    def offset(self, struct_name, path):
+        if struct_name == "folio":
+            raise BTFError("struct folio not in BTF")
+        return self._btf.offset(struct_name, path)
+
+    def enum_value(self, name):
+        return self._btf.enum_value(name)
+
+
+def _tracefs_without(tmp_path, gone: set[str]) -> str:
+    """A tracefs with the tracepoints the hooks name that this kernel has,
+    minus `gone`, plus 5.10's writeback_dirty_page."""
+    named = {tp for need in HOOKS.values() for tp in need["tracepoints"]}
+    for tp in named - gone:
+        if os.path.isdir(f"/sys/kernel/tracing/events/{tp}"):
+            (tmp_path / "events" / tp).mkdir(parents=True)
+    (tmp_path / "events" / "writeback" / "writeback_dirty_page").mkdir(parents=True, exist_ok=True)
+    return str(tmp_path)
+
+
+def test_kernels_before_folios_count_pages(btf, tmp_path):
+    """5.10: no struct folio, no writeback_dirty_folio: writeback_dirty_page
+    serves the bytes-dirtied hook, and so the copy-up estimate too."""
+    tracefs = _tracefs_without(tmp_path, {"writeback/writeback_dirty_folio"})
+    layout = generate(_NoFolio(btf), tracefs=tracefs)
+    assert layout.hooks["folio_dirty"] is None and layout.variants == {"folio_dirty": "older"}
+    assert layout.hooks["copy_up"] is None
+    assert "#define DIRTY_PAGE_TP 1\n" in layout.header
+    assert programs("folio_dirty", "older") == ["writeback/writeback_dirty_page"]
+    assert any("writeback_dirty_page" in n for n in layout.notes)
+    assert not any("large folios" in n for n in layout.notes)
+    # a kernel with folios keeps the folio tracepoint
+    layout = generate(btf, tracefs=_tracefs_without(tmp_path / "a", set()))
+    assert layout.variants == {} and "DIRTY_PAGE_TP" not in layout.header
+    # neither tracepoint: the hook says why (the newer one's name)
+    tracefs = _tracefs_without(tmp_path / "b", {"writeback/writeback_dirty_folio",
+                                                "writeback/writeback_dirty_page"})
+    os.rmdir(os.path.join(tracefs, "events", "writeback", "writeback_dirty_page"))
+    layout = generate(_NoFolio(btf), tracefs=tracefs)
+    assert "folio" in layout.hooks["folio_dirty"] and layout.variants == {}
+
+
+def test_module_structs_missing_are_named(btf, monkeypatch):
+    """5.10's overlay module has no BTF: the copy-up function hook lacks
+    ovl_inode, and the layout says which module that is (hooks.Attacher
+    makes it a documented limit)."""
+    monkeypatch.setitem(MEMBERS, "ovl_inode_flags", ("ovl_inode", "no_such_flags"))
+    layout = generate(btf, tracefs="/sys/kernel/tracing")
+    assert "no_such_flags" in layout.functions["copy_up"]
+    assert layout.module_structs == {"copy_up": "overlay"}
+    monkeypatch.undo()
+    assert generate(btf, tracefs="/sys/kernel/tracing").module_structs == {}
+
+
+class _NoStateEnum(_NoListHead):
+    """BTF of a kernel whose inode state flags are #defines (before 6.18's enum)."""
+    def enum_value(self, name):
+        if name.startswith("I_"):
+            raise BTFError(f"{name} not in BTF")
+        return self._btf.enum_value(name)
+
+
+def test_inode_state_flags_by_kernel_when_btf_lacks_them(btf):
+    """6.12 renumbered the i_state bits ("fs: reorder i_state bits"); before
+    the enum they are only macros, so the release decides."""
+    def flag(layout, name):
+        return int(next(l for l in layout.header.splitlines()
+                        if l.startswith(f"#define K_{name} ")).split()[2])
+    old = generate(_NoStateEnum(btf), tracefs="/sys/kernel/tracing", release=(6, 1))
+    new = generate(_NoStateEnum(btf), tracefs="/sys/kernel/tracing", release=(6, 12))
+    assert [flag(old, n) for n in ("I_DIRTY_SYNC", "I_DIRTY_DATASYNC", "I_DIRTY_PAGES",
+                                   "I_DIRTY_TIME")] == [1, 2, 4, 2048]
+    assert [flag(new, n) for n in ("I_DIRTY_SYNC", "I_DIRTY_DATASYNC", "I_DIRTY_PAGES",
+                                   "I_DIRTY_TIME")] == [8, 16, 32, 2048]
+    # where BTF has them (this machine's enum), BTF wins whatever the release
+    here = generate(btf, tracefs="/sys/kernel/tracing", release=(5, 10))
+    assert flag(here, "I_DIRTY_PAGES") == btf.enum_value("I_DIRTY_PAGES")

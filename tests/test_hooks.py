@@ -131,22 +131,33 @@ def test_forced_mode_fails_naming_the_hook_never_falls_back(mode):
                    f"wb_error (__filemap_set_wb_err): {mech}: {mech} refused for wb_error")
 
 
-def test_forced_mode_documented_limit_is_off_not_fatal():
+def test_forced_mode_documented_limit_takes_the_stand_in_not_fatal():
     calls = []
     allowed = {h: {"fentry", "kprobe", "tracepoint"} for h in HOOKS}
     out = select_hooks(list(HOOKS), "fentry",
                        fake_attach(allowed, calls, unreachable={("copy_up", "fentry")}))
     cu = out["copy_up"]
-    assert cu.mechanism is None
-    assert cu.limit == cu.reason == "fentry: fentry cannot reach copy_up here"
+    assert cu.mechanism == "tracepoint" and cu.reason is None
+    assert cu.limit == "fentry: fentry cannot reach copy_up here"
     assert cu.tried == {"kprobe": "not tried (--hooks fentry)",
                         "fentry": "fentry cannot reach copy_up here"}
-    assert [m for h, m in calls if h == "copy_up"] == ["fentry"]    # no kprobe, no estimate
+    assert [m for h, m in calls if h == "copy_up"] == ["fentry", "tracepoint"]   # never kprobe
     require_functions(out, "fentry")                                # the others are fentry
     # the same limit with the other mechanism still works: no limit, no hole
     out = select_hooks(list(HOOKS), "kprobes",
                        fake_attach(allowed, [], unreachable={("copy_up", "fentry")}))
-    assert out["copy_up"].mechanism == "kprobe"
+    assert out["copy_up"].mechanism == "kprobe" and out["copy_up"].limit is None
+
+
+def test_forced_mode_documented_limit_and_no_stand_in_is_off():
+    allowed = {h: {"fentry", "kprobe", "tracepoint"} for h in HOOKS}
+    allowed["copy_up"] = {"kprobe"}
+    out = select_hooks(list(HOOKS), "fentry",
+                       fake_attach(allowed, [], unreachable={("copy_up", "fentry")}))
+    cu = out["copy_up"]
+    assert cu.mechanism is None and cu.limit == "fentry: fentry cannot reach copy_up here"
+    assert cu.reason.startswith("fentry: fentry cannot reach copy_up here; tracepoint: ")
+    require_functions(out, "fentry")                                # off, documented
 
 
 def test_limit_excuses_only_when_every_try_hit_one():
@@ -168,6 +179,11 @@ def test_known_limits():
     assert "module overlay" in why and "vmlinux BTF" in why
     assert known_limit("fentry", "__mark_inode_dirty", "") is None      # in vmlinux
     assert known_limit("kprobe", "ovl_copy_up_flags", "overlay") is None
+    # 5.10: a module without BTF, whatever the mechanism
+    for mech in ("fentry", "kprobe"):
+        why = known_limit(mech, "ovl_copy_up_flags", "overlay", module_btf=False)
+        assert "module overlay, which has no BTF here" in why and "5.11" in why
+    assert known_limit("kprobe", "__mark_inode_dirty", "", module_btf=False) is None
 
 
 class FakeBPF:
@@ -239,6 +255,28 @@ def test_partial_fentry_is_undone_and_eperm_explained(layout):
     assert a.bpf.log[-1] == ("attach_kretprobe", "kretprobe__ovl_copy_up_flags")
     # function hooks leave the workdir estimate off (Probes.attach turned it off)
     assert a.probes.config == []
+
+
+def test_a_module_without_btf_is_a_documented_limit_for_both_mechanisms(layout, monkeypatch):
+    """5.10: overlay is a module with no BTF, so ovl_inode is unknown; the
+    copy-up function hook cannot work with fentry or kprobes, and says why."""
+    import dataclasses
+    a = attacher(layout, fail=set())
+    a.layout = dataclasses.replace(
+        layout, functions={**layout.functions, "copy_up": "kernel lacks ovl_inode.flags (x)"},
+        module_structs={"copy_up": "overlay"})
+    monkeypatch.setattr("os.path.exists", lambda p: p != "/sys/kernel/btf/overlay")
+    for mech in ("fentry", "kprobe"):
+        with pytest.raises(Unreachable, match=r"^kernel lacks ovl_inode.flags \(x\); "
+                                              r"ovl_copy_up_flags is in module overlay, which "
+                                              r"has no BTF here"):
+            a.attach("copy_up", mech)
+    assert a.bpf.log == []
+    # the module's BTF is there, so something else is missing: an error
+    monkeypatch.setattr("os.path.exists", lambda p: True)
+    with pytest.raises(AttachError) as e:
+        a.attach("copy_up", "kprobe")
+    assert not isinstance(e.value, Unreachable)
 
 
 def test_fentry_failure_in_vmlinux_is_an_error(layout):
@@ -352,3 +390,23 @@ def test_required_function_hooks(mode):
         assert len(err) == 1 and f"required (--hooks {mode})" in err[0], r.stderr
         named = [n for n, spec in FUNCTIONS.items() if f"{n} ({spec['function']}): {allowed[0]}: " in err[0]]
         assert named, err[0]
+
+
+def test_doctor_tells_how_overlayfs_is_here(tmp_path):
+    from ovltrace.commands.doctor import overlay_state
+    assert overlay_state(str(tmp_path)) == "not loaded yet"
+    (tmp_path / "module" / "overlay").mkdir(parents=True)
+    assert overlay_state(str(tmp_path)) == "built in"
+    (tmp_path / "module" / "overlay" / "initstate").write_text("live\n")
+    assert overlay_state(str(tmp_path)).startswith("module without BTF (before 5.11)")
+    (tmp_path / "kernel" / "btf").mkdir(parents=True)
+    (tmp_path / "kernel" / "btf" / "overlay").write_bytes(b"")
+    assert overlay_state(str(tmp_path)) == "module (BTF in /sys/kernel/btf/overlay)"
+
+
+def test_doctor_tells_whether_syncfs_hears_errors():
+    from ovltrace.commands.doctor import syncfs_errors
+    assert syncfs_errors((6, 1)).startswith("possible: ")
+    assert syncfs_errors((5, 17)) == syncfs_errors((6, 18))
+    assert syncfs_errors((5, 16)).startswith("none before 5.17: ")
+    assert syncfs_errors((5, 10)) == syncfs_errors((5, 16))

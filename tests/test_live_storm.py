@@ -5,11 +5,10 @@ may overflow but says so."""
 from __future__ import annotations
 
 import re
-import subprocess
 
 import pytest
 
-from conftest import audit_json, by_mountpoint, sh, write_file
+from conftest import audit_json, by_mountpoint, sh, wb_error_counter, write_file
 from ovltrace.sandbox import Sandbox
 from ovltrace.workloads import error_writer
 
@@ -27,17 +26,7 @@ def test_error_storm_keeps_counts_exact(quiet_flusher):
         victim = bad.add_overlay("stormy")
         calm = good.add_overlay("calm")
         bad.exhaust_backing()
-        major, minor = (int(x) for x in bad.upper_dev.split(":"))
-        kdev = (major << 20) | minor
-        # an independent count of the same kernel events
-        bt = subprocess.Popen(
-            ["bpftrace", "-e", 'BEGIN { printf("ready\\n"); } '
-                               f"tracepoint:filemap:filemap_set_wb_err /args->s_dev == {kdev}/ "
-                               "{ @n = count(); }"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # BEGIN runs once every probe is attached ("Attaching..." comes before)
-        lines = [bt.stdout.readline() for _ in range(2)]
-        assert "ready" in lines[-1], "".join(lines) + bt.stderr.read()
+        bt = wb_error_counter(bad.upper_dev)     # an independent count of the same events
         try:
             def work():
                 p = error_writer(bad, victim, total_mb=160, chunk_kb=64, hole_kb=4)

@@ -8,7 +8,7 @@ import textwrap
 from ..errors import OvltraceError
 from ..kernel.layout import UNHOOKABLE
 from ..hooks import MODE_TEXT, TRACEFS, fentry_available, kprobes_available
-from ..probes import DEFAULT_BTF, Probes, ensure_tracefs
+from ..probes import DEFAULT_BTF, Probes, ensure_tracefs, kernel_release
 from .runtime import TraceOptions
 
 
@@ -20,6 +20,27 @@ def _read(path: str) -> str | None:
         return None
 
 
+def overlay_state(sys: str = "/sys") -> str:
+    """How overlayfs is here: a loaded module has an initstate, built-in
+    code has not; module BTF came in 5.11."""
+    if not os.path.exists(f"{sys}/module/overlay"):
+        return "not loaded yet"
+    if not os.path.exists(f"{sys}/module/overlay/initstate"):
+        return "built in"
+    if os.path.exists(f"{sys}/kernel/btf/overlay"):
+        return "module (BTF in /sys/kernel/btf/overlay)"
+    return "module without BTF (before 5.11): copy-ups come from the workdir estimate"
+
+
+def syncfs_errors(release: tuple[int, int]) -> str:
+    """Whether syncfs(2) on an overlay returns the upper fs's writeback
+    errors: only since 5.17 (commit 5679897eb104: sync_filesystem returns
+    what ->sync_fs says, and overlayfs' sync_fs passes the upper's on)."""
+    if release >= (5, 17):
+        return "possible: an overlay's syncfs returns any container's errors"
+    return "none before 5.17: an overlay's syncfs returns no errors (losses are silent)"
+
+
 def facts(btf: str | None = None) -> list[tuple[str, str, bool]]:
     """(what, state, ok) lines about the kernel."""
     out = []
@@ -29,9 +50,8 @@ def facts(btf: str | None = None) -> list[tuple[str, str, bool]]:
                 "(CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)", os.geteuid() == 0))
     btf = btf or DEFAULT_BTF
     out.append(("BTF", btf if os.path.exists(btf) else f"missing ({btf})", os.path.exists(btf)))
-    mod = "/sys/kernel/btf/overlay"
-    out.append(("overlayfs", "module (BTF in /sys/kernel/btf/overlay)" if os.path.exists(mod)
-                else "built in" if os.path.exists("/sys/module/overlay") else "not loaded yet", True))
+    out.append(("overlayfs", overlay_state(), True))
+    out.append(("error leaks", syncfs_errors(kernel_release()), True))
     hdrs = f"/lib/modules/{rel}/build"
     out.append(("kernel headers", "installed (not needed)" if os.path.isdir(hdrs)
                 else "absent (not needed: ovltrace builds its own tree from BTF)", True))
@@ -93,7 +113,9 @@ def run_doctor(opts: TraceOptions) -> int:
         if h.reason and not h.tried:
             print(f"  {'':<12} {'':<11} why: {h.reason}")
         if h.limit:
-            print(f"  {'':<12} {'':<11} off: a documented limit here, not an error (no fallback)")
+            print(f"  {'':<12} {'':<11} " + (
+                "a documented limit, not an error: the stand-in serves it" if h.mechanism
+                else "off: a documented limit here, not an error"))
     for n in probes.layout.notes:
         print(f"  note: {n}")
     for fn, why in UNHOOKABLE.items():

@@ -7,6 +7,7 @@ values) and decides, per hook, whether this kernel has what it needs.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from .btf import BTF, BTFError, KIND_INT, KIND_TYPEDEF
@@ -44,6 +45,9 @@ MEMBERS: dict[str, tuple[str, str]] = {
     "ovl_inode_vfs_inode": ("ovl_inode", "vfs_inode"),
     "ovl_inode___upperdentry": ("ovl_inode", "__upperdentry"),
 }
+# structs that live in a module: their BTF is the module's (5.11+), which
+# a kernel may lack even where vmlinux has BTF
+MODULE_STRUCTS = {"ovl_inode": "overlay"}
 # members whose size is not that of an integer (only their offset is used)
 _AGGREGATE = {"dentry_d_alias", "ovl_inode_vfs_inode"}
 # Members whose absence degrades a hook instead of disabling it.
@@ -67,7 +71,15 @@ HOOKS: dict[str, dict] = {
                     "tracepoints": ["writeback/writeback_dirty_folio",
                                     "writeback/writeback_mark_inode_dirty"],
                     "programs": ["writeback/writeback_dirty_folio"],
-                    "what": "bytes dirtied, copy-up bytes"},
+                    "what": "bytes dirtied, copy-up bytes",
+                    # before folios (5.16): one page per event
+                    "older": {"members": ATTRIBUTION,
+                              "tracepoints": ["writeback/writeback_dirty_page",
+                                              "writeback/writeback_mark_inode_dirty"],
+                              "programs": ["writeback/writeback_dirty_page"],
+                              "define": "DIRTY_PAGE_TP",
+                              "note": "no writeback_dirty_folio (kernels before 5.16): "
+                                      "writeback_dirty_page counts bytes dirtied, a page each"}},
     "writeback": {"members": ATTRIBUTION + ["inode_i_state", "writeback_control_nr_to_write",
                                             "wb_writeback_work_reason"],
                   "tracepoints": ["writeback/writeback_single_inode", "writeback/writeback_queue",
@@ -79,8 +91,7 @@ HOOKS: dict[str, dict] = {
     "syncfs": {"members": FD_TO_SB, "tracepoints": ["syscalls/sys_enter_syncfs", "syscalls/sys_exit_syncfs"],
                "what": "syncfs calls and their duration"},
     "copy_up": {"members": ATTRIBUTION + ["inode_i_mode"],
-                "tracepoints": ["writeback/writeback_mark_inode_dirty",
-                                "writeback/writeback_dirty_folio"],
+                "tracepoints": ["writeback/writeback_mark_inode_dirty"],   # + folio_dirty's
                 "programs": [],     # the estimate lives in the inode_dirty/folio_dirty hooks
                 "what": "copy-ups, bytes (ovl_copy_up_flags; stand-in: workdir estimate)"},
     "sync_fs": {"members": FD_TO_SB, "tracepoints": ["syscalls/sys_enter_syncfs"],
@@ -119,10 +130,19 @@ UNHOOKABLE = {"errseq_set": "notrace (lib/ is built without ftrace): kprobes ref
                             "(\"Could not probe notrace function\"), fentry fails; covered by "
                             "wb_error (__filemap_set_wb_err) and s_wb_err read by sync_fs"}
 
-# Inode state flags changed value in 6.x; these are the values before the
-# kernel put them in an enum (and so in BTF).
+# Inode state flags are #defines (not in BTF) until the kernel made them
+# an enum; 6.12 renumbered them ("fs: reorder i_state bits").
 _FLAG_FALLBACK = {"I_DIRTY_SYNC": 1 << 0, "I_DIRTY_DATASYNC": 1 << 1,
                   "I_DIRTY_PAGES": 1 << 2, "I_DIRTY_TIME": 1 << 11}
+_FLAG_FALLBACK_612 = {"I_DIRTY_SYNC": 1 << 3, "I_DIRTY_DATASYNC": 1 << 4,
+                      "I_DIRTY_PAGES": 1 << 5, "I_DIRTY_TIME": 1 << 11}
+
+
+def kernel_release() -> tuple[int, int]:
+    """(major, minor) of the running kernel: what BTF cannot tell (macro
+    values, BPF instructions such as the fetching atomics of 5.12)."""
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 # The BPF code reads every kernel pointer (and unsigned long) into a u64.
@@ -165,9 +185,10 @@ def pt_regs(btf: BTF) -> str | None:
     return "struct pt_regs {\n" + "\n".join(body) + "\n};"
 
 
-def programs(hook: str) -> list[str]:
-    """The tracepoints (category/name) the hook's own programs attach to."""
-    need = HOOKS[hook]
+def programs(hook: str, variant: str | None = None) -> list[str]:
+    """The tracepoints (category/name) the hook's own programs attach to
+    (`variant`: Layout.variants[hook], the kernel's older tracepoints)."""
+    need = HOOKS[hook][variant] if variant else HOOKS[hook]
     return need.get("programs", need["tracepoints"])
 
 
@@ -179,6 +200,9 @@ class Layout:
     notes: list[str] = field(default_factory=list)
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
     missing_core: str | None = None     # set when even attribution is impossible
+    variants: dict[str, str] = field(default_factory=dict)   # hook -> "older": its old tracepoints
+    module_structs: dict[str, str] = field(default_factory=dict)  # function hook -> module whose
+    #                                   structs it lacks (that module has no BTF here)
 
 
 def tracepoint_exists(tp: str, tracefs: str) -> bool:
@@ -186,7 +210,7 @@ def tracepoint_exists(tp: str, tracefs: str) -> bool:
 
 
 def generate(btf: BTF, tracefs: str = "/sys/kernel/tracing",
-             page_size: int | None = None) -> Layout:
+             page_size: int | None = None, release: tuple[int, int] | None = None) -> Layout:
     lines = ["/* generated by ovltrace from BTF: do not edit */", "#pragma once"]
     try:
         ptr_size = pointer_size(btf)
@@ -218,7 +242,8 @@ def generate(btf: BTF, tracefs: str = "/sys/kernel/tracing",
 
     notes = []
     flags = {}
-    for name, fallback in _FLAG_FALLBACK.items():
+    fallbacks = _FLAG_FALLBACK_612 if (release or kernel_release()) >= (6, 12) else _FLAG_FALLBACK
+    for name, fallback in fallbacks.items():
         try:
             flags[name] = btf.enum_value(name)
         except BTFError:
@@ -265,23 +290,27 @@ def generate(btf: BTF, tracefs: str = "/sys/kernel/tracing",
         lines.append("#define INODE_SPAN_LEN 8")
 
     hooks: dict[str, str | None] = {}
+    variants: dict[str, str] = {}
     for hook, need in HOOKS.items():
-        why = None
-        for m in need["members"]:
-            if m in missing:
-                why = f"kernel lacks {MEMBERS[m][0]}.{MEMBERS[m][1]} ({missing[m]})"
-                break
-        if why is None:
-            for tp in need["tracepoints"]:
-                if not tracepoint_exists(tp, tracefs):
-                    why = f"tracepoint {tp} not found"
-                    break
+        why = _lacks(need, missing, tracefs)
+        older = need.get("older")
+        if why and older and _lacks(older, missing, tracefs) is None:
+            why = None
+            variants[hook] = "older"
+            lines.append(f"#define {older['define']} 1")
+            notes.append(older["note"])
         hooks[hook] = unsupported or why
+    if "folio_dirty" in variants:      # no folios there, so none to size
+        notes = [n for n in notes if not n.startswith("large folios cannot be sized")]
     regs = pt_regs(btf)
     lines.append(regs or "/* struct pt_regs: not a flat register file here, no kprobes */")
     functions: dict[str, str | None] = {}
+    module_structs: dict[str, str] = {}
     for hook, need in FUNCTIONS.items():
         gone = [m for m in need["members"] if m in missing]
+        module = MODULE_STRUCTS.get(MEMBERS[gone[0]][0]) if gone else None
+        if module:
+            module_structs[hook] = module
         functions[hook] = (f"kernel lacks {MEMBERS[gone[0]][0]}.{MEMBERS[gone[0]][1]} "
                            f"({missing[gone[0]]})" if gone else None)
         if not regs and functions[hook] is None:
@@ -295,4 +324,16 @@ def generate(btf: BTF, tracefs: str = "/sys/kernel/tracing",
     core = [m for m in ATTRIBUTION if m in missing]
     missing_core = missing[core[0]] if core else None
     return Layout("\n".join(lines) + "\n", hooks, functions=functions, notes=notes,
-                  offsets=found, missing_core=missing_core)
+                  offsets=found, missing_core=missing_core, variants=variants,
+                  module_structs=module_structs)
+
+
+def _lacks(need: dict, missing: dict[str, str], tracefs: str) -> str | None:
+    """Why this kernel cannot serve a hook's needs (members, tracepoints), or None."""
+    for m in need["members"]:
+        if m in missing:
+            return f"kernel lacks {MEMBERS[m][0]}.{MEMBERS[m][1]} ({missing[m]})"
+    for tp in need["tracepoints"]:
+        if not tracepoint_exists(tp, tracefs):
+            return f"tracepoint {tp} not found"
+    return None

@@ -1,15 +1,18 @@
-"""The VM run's verdict, from the files the guest leaves in its rwdir (not
-from an exit code: a guest that dies half-way must not look green).
+"""The VM matrix's verdict, from the files each guest leaves in its rwdir
+(not from an exit code: a guest that dies half-way must not look green).
 
     verdict.py hooks LOG MODE     # guest: which mechanism each hook used
-    verdict.py judge OUT [-n]     # host: both passes' junit XML + hook logs
+    verdict.py judge OUT [-n]     # host: every kernel's passes
 
-Per pass (OVLTRACE_HOOKS=fentry, then kprobes) the guest writes
-junit-<mode>.xml (pytest --junitxml) and hooks-<mode>.jsonl (tests/conftest.py
-log_hooks: one line per ovltrace report).  judge fails unless both passes
-ran, every expected test (expected.txt, collected on the host) is in each,
-none failed or errored, skips are only the documented ones, and every
-function hook ran on the pass's mechanism (or was off for a documented limit).
+OUT/kernels.txt (written by tests/vm/run) lists one line per kernel booted:
+`SERIES KVER VERSION MODE...`; each kernel's guest wrote into OUT/SERIES/:
+uname.txt (`uname -r` in the guest), junit-<mode>.xml (pytest --junitxml),
+hooks-<mode>.jsonl (tests/conftest.py log_hooks: one line per ovltrace
+report) and times.txt (`<what> <seconds>` lines).  judge fails unless
+every kernel booted the kernel asked for, every pass ran every expected
+test (expected-<mode>.txt, collected on the host from tests/vm/select) with none failed or errored and
+no skip but the documented ones, and every function hook ran on the pass's
+mechanism, or on its tracepoint stand-in for a documented limit.
 -n: the selection was narrowed by extra pytest arguments, so a pass with no
 ovltrace report is not a problem.
 """
@@ -26,14 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 from ovltrace.kernel.layout import FUNCTIONS  # noqa: E402
 from ovltrace.hooks import FORCED  # noqa: E402
 
-PASSES = FORCED                          # OVLTRACE_HOOKS -> mechanism, one pass each
+PASSES = {**FORCED, "tracepoints": "tracepoint"}   # OVLTRACE_HOOKS -> mechanism, one pass each
 FUNCTION_HOOKS = tuple(FUNCTIONS)
-# (pass, hook) that may be off, and the words its reason must hold: overlay
-# is a module in Debian 6.1, and bcc 0.26 finds fentry targets only in
-# vmlinux BTF (README "Hooks", ovltrace.probes.known_limit).  The tests
-# that check copy-up counts skip then (tests/conftest.py
-# skip_if_hook_off_by_limit), with "<hook> off under --hooks <pass>: <reason>".
-DOCUMENTED_OFF = {("fentry", "copy_up"): "finds fentry targets only in vmlinux BTF"}
+# (pass, hook) that a forced mechanism cannot reach, and the words its
+# documented limit says (ovltrace.hooks.known_limit, README "Hooks"): the
+# tracepoint stand-in serves the hook then.  Overlay is a module in
+# Debian's kernels, bcc 0.26 finds fentry targets only in vmlinux BTF,
+# and before 5.11 modules have no BTF at all.
+NO_MODULE_BTF = "which has no BTF here"
+DOCUMENTED = {("fentry", "copy_up"): ("finds fentry targets only in vmlinux BTF", NO_MODULE_BTF),
+              ("kprobes", "copy_up"): (NO_MODULE_BTF,)}
 
 
 def node_key(nodeid: str) -> tuple[str, str]:
@@ -58,11 +63,15 @@ def parse_junit(text: str) -> list[tuple[tuple[str, str], str, str]]:
     return out
 
 
+def documented(mode: str, hook: str, text: str) -> bool:
+    return any(w in text for w in DOCUMENTED.get((mode, hook), ()))
+
+
 def documented_skip(mode: str, msg: str) -> bool:
-    for (m, hook), words in DOCUMENTED_OFF.items():
-        if m == mode and msg.startswith(f"{hook} off under --hooks {mode}: ") and words in msg:
-            return True
-    return False
+    """A hook off under a forced mechanism, for a documented limit, with
+    no stand-in either (tests/conftest.py skip_if_hook_off_by_limit)."""
+    return any(msg.startswith(f"{hook} off under --hooks {mode}: ") and documented(mode, hook, msg)
+               for m, hook in DOCUMENTED if m == mode)
 
 
 def short(msg: str) -> str:
@@ -72,26 +81,27 @@ def short(msg: str) -> str:
     return f"{head}: {rest.rpartition('; ')[2]}" if rest else msg
 
 
-def judge_tests(mode: str, results, expected: list[str]) -> tuple[str, list[str], int, int]:
+def judge_tests(label: str, mode: str, results, expected: list[str]
+                ) -> tuple[str, list[str], int, int]:
     """(summary line, problems, passed, failed) of one pass."""
     problems = []
     seen = {key for key, _, _ in results}
     missing = [e for e in expected if node_key(e) not in seen]
     for e in missing:
-        problems.append(f"vm {mode}: MISSING {e}")
+        problems.append(f"{label}: MISSING {e}")
     n = Counter(outcome for _, outcome, _ in results)
     bad_skips = 0
     reasons = Counter()
     for (cls, name), outcome, msg in results:
         if outcome in ("failed", "error"):
-            problems.append(f"vm {mode}: {outcome.upper()} {cls}::{name}: {msg[:300]}")
+            problems.append(f"{label}: {outcome.upper()} {cls}::{name}: {msg[:300]}")
         elif outcome == "skipped":
             if documented_skip(mode, msg):
                 reasons[short(msg)] += 1
             else:
                 bad_skips += 1
-                problems.append(f"vm {mode}: UNDOCUMENTED SKIP {cls}::{name}: {msg[:300]}")
-    line = f"vm {mode}: {n['passed']} passed, {n['skipped']} skipped"
+                problems.append(f"{label}: UNDOCUMENTED SKIP {cls}::{name}: {msg[:300]}")
+    line = f"{label}: {n['passed']} passed, {n['skipped']} skipped"
     if reasons:
         line += " (" + "; ".join(f"{c} x {r}" for r, c in reasons.items()) + ")"
     if n["failed"] or n["error"]:
@@ -101,33 +111,39 @@ def judge_tests(mode: str, results, expected: list[str]) -> tuple[str, list[str]
     return line, problems, n["passed"], n["failed"] + n["error"] + len(missing) + bad_skips
 
 
+def used_as(v: dict) -> str:
+    """One hook in one report: its mechanism, 'stand-in: <limit>' or 'off: <limit>'."""
+    limit = (v.get("limit") or "").rpartition("; ")[2]
+    if v.get("mechanism") and v.get("limit"):
+        return f"{v['mechanism']} (stand-in: {limit})"
+    return v.get("mechanism") or f"off: {limit or 'no reason'}"
+
+
 def hooks_used(entries: list[dict]) -> dict[str, Counter]:
-    """hook -> Counter of 'mechanism' (or 'off: <limit>') over all reports."""
+    """hook -> Counter of how it was served (used_as) over all reports."""
     used: dict[str, Counter] = {h: Counter() for h in FUNCTION_HOOKS}
     for e in entries:
         for h in FUNCTION_HOOKS:
-            v = e["hooks"].get(h, {})
-            used[h][v.get("mechanism") or f"off: {v.get('limit') or 'no reason'}"] += 1
+            used[h][used_as(e["hooks"].get(h, {}))] += 1
     return used
 
 
-def judge_hooks(mode: str, entries: list[dict], narrowed: bool = False) -> tuple[str, list[str]]:
+def judge_hooks(label: str, mode: str, entries: list[dict], narrowed: bool = False
+                ) -> tuple[str, list[str]]:
     """(line naming each function hook's mechanism in this pass, problems)."""
     mech = PASSES[mode]
     if not entries:
-        return (f"vm {mode} hooks: no ovltrace report recorded",
-                [] if narrowed else [f"vm {mode}: no ovltrace report recorded its hooks"])
+        return (f"{label} hooks: no ovltrace report recorded",
+                [] if narrowed else [f"{label}: no ovltrace report recorded its hooks"])
     problems, parts = [], []
     for h, used in hooks_used(entries).items():
-        words = DOCUMENTED_OFF.get((mode, h))
         for what in used:
-            if what == mech or (words and what.startswith("off: ") and words in what):
+            if what == mech or (what.startswith(("tracepoint (stand-in: ", "off: "))
+                                and documented(mode, h, what)):
                 continue
-            problems.append(f"vm {mode}: {h} used {what!r} in {used[what]} report(s), "
-                            f"not {mech}")
-        shown = [f"off ({w[5:].rpartition('; ')[2]})" if w.startswith("off: ") else w for w in used]
-        parts.append(f"{h} {' or '.join(shown)}")
-    return f"vm {mode} hooks ({len(entries)} reports): " + "; ".join(parts), problems
+            problems.append(f"{label}: {h} used {what!r} in {used[what]} report(s), not {mech}")
+        parts.append(f"{h} {' or '.join(used)}")
+    return f"{label} hooks ({len(entries)} reports): " + "; ".join(parts), problems
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -138,40 +154,115 @@ def read_jsonl(path: str) -> list[dict]:
         return []
 
 
-def judge(out: str, narrowed: bool = False) -> int:
-    with open(os.path.join(out, "expected.txt")) as f:
-        expected = [l.strip() for l in f if "::" in l]
-    problems: list[str] = []
+def read_times(path: str) -> dict[str, float]:
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                what, _, secs = line.strip().rpartition(" ")
+                try:
+                    out[what] = float(secs)
+                except ValueError:
+                    pass
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def judge_kernel(out: str, series: str, kver: str, modes: list[str],
+                 expected: dict[str, list[str]], narrowed: bool) -> tuple[list[str], list[str], int, int, dict]:
+    """(report lines, problems, passed, failed, summary row) of one kernel."""
+    d = os.path.join(out, series)
+    lines, problems = [], []
     passed = failed = 0
-    if not expected:
-        problems.append("vm: no expected tests (host collection empty)")
-    for mode in PASSES:
-        path = os.path.join(out, f"junit-{mode}.xml")
+    try:
+        with open(os.path.join(d, "uname.txt")) as f:
+            booted = f.read().strip()
+    except FileNotFoundError:
+        booted = None
+    if booted != kver:
+        problems.append(f"vm {series}: the guest ran {booted or 'nothing'}, not {kver}")
+    mechs: dict[str, set[str]] = {h: set() for h in FUNCTION_HOOKS}
+    for mode in modes:
+        label = f"vm {series} {mode}"
+        path = os.path.join(d, f"junit-{mode}.xml")
         try:
             with open(path) as f:
                 results = parse_junit(f.read())
         except (OSError, ET.ParseError) as e:
-            problems.append(f"vm {mode}: pass did not run or left no result ({path}: {e})")
+            problems.append(f"{label}: pass did not run or left no result ({path}: {e})")
             results = []
-        line, probs, p, fl = judge_tests(mode, results, expected)
-        print(line)
-        hline, hprobs = judge_hooks(mode, read_jsonl(os.path.join(out, f"hooks-{mode}.jsonl")),
-                                    narrowed)
-        print(hline)
+        line, probs, p, fl = judge_tests(label, mode, results, expected.get(mode, []))
+        entries = read_jsonl(os.path.join(d, f"hooks-{mode}.jsonl"))
+        hline, hprobs = judge_hooks(label, mode, entries, narrowed)
+        for h, used in hooks_used(entries).items():
+            mechs[h].update(used)
+        lines += [line, hline]
         problems += probs + hprobs
         passed, failed = passed + p, failed + fl
+    times = read_times(os.path.join(d, "times.txt"))
+    row = {"kernel": booted or kver, "boot_s": times.get("boot"),
+           "compile_s": times.get("compile"), "passes": " ".join(modes),
+           "tests": f"{passed} passed, {failed} failed", "hooks": mechs,
+           "seconds": times.get("total")}
+    return lines, problems, passed, failed, row
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """The closing table: per kernel, its times and what served each hook."""
+    def s(v):
+        return "?" if v is None else f"{v:.0f}"
+    out = ["", f"{'kernel':<22} {'boot s':>6} {'compile s':>9} {'total s':>7}  tests"]
+    for r in rows:
+        out.append(f"{r['kernel']:<22} {s(r['boot_s']):>6} {s(r['compile_s']):>9} "
+                   f"{s(r['seconds']):>7}  {r['tests']} ({r['passes']})")
+        for h, used in r["hooks"].items():
+            out.append(f"  {h:<12} {' | '.join(sorted(used)) or '-'}")
+    return out
+
+
+def judge(out: str, narrowed: bool = False) -> int:
+    expected = {}
+    for mode in PASSES:
+        try:
+            with open(os.path.join(out, f"expected-{mode}.txt")) as f:
+                expected[mode] = [l.strip() for l in f if "::" in l]
+        except FileNotFoundError:
+            pass
+    kernels = []
+    try:
+        with open(os.path.join(out, "kernels.txt")) as f:
+            kernels = [l.split() for l in f if l.strip()]
+    except FileNotFoundError:
+        pass
+    problems: list[str] = []
+    passed = failed = 0
+    if not any(expected.values()):
+        problems.append("vm: no expected tests (host collection empty)")
+    if not kernels:
+        problems.append("vm: no kernel was booted (kernels.txt empty)")
+    rows = []
+    for series, kver, _version, *modes in kernels:
+        lines, probs, p, fl, row = judge_kernel(out, series, kver, modes, expected, narrowed)
+        for l in lines:
+            print(l)
+        problems += probs
+        passed, failed = passed + p, failed + fl
+        rows.append(row)
+    for l in summary(rows):
+        print(l)
     for p in problems:
         print(p)
-    print(f"vm: {passed} passed, {failed} failed")
+    print(f"vm: {len(kernels)} kernels, {passed} passed, {failed} failed")
     return 1 if problems or failed else 0
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["hooks"] and len(argv) == 3:
-        line, problems = judge_hooks(argv[2], read_jsonl(argv[1]), narrowed=True)
-        print(line.replace("vm ", "guest: ", 1))
+        line, problems = judge_hooks("guest", argv[2], read_jsonl(argv[1]), narrowed=True)
+        print(line)
         for p in problems:
-            print(p.replace("vm ", "guest: ", 1))
+            print(p)
         return 0
     if argv[:1] == ["judge"] and len(argv) in (2, 3):
         return judge(argv[1], narrowed=argv[2:] == ["-n"])
