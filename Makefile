@@ -10,8 +10,8 @@
 PY        ?= /usr/bin/python3
 VENV      := .venv
 APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
-             e2fsprogs xfsprogs util-linux
-APT_TEST  := tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
+             python3-yaml python3-bcrypt e2fsprogs xfsprogs util-linux
+APT_TEST  := openssl tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
 APT_VM    := qemu-system-x86 kmod
 # the kernels test-vm boots (Debian's, fetched into a cache, never installed)
 KERNELS   ?= 5.10 6.1 6.12

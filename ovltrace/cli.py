@@ -221,6 +221,7 @@ Examples:
   ovltrace exporter --web.listen-address :19435   # all interfaces
   ovltrace exporter --top-n 20 --labels container,pod,namespace,device
   ovltrace exporter --bpf-stats                 # + BPF cost per event
+  ovltrace exporter --web.config.file web.yml   # TLS, basic auth (README)
   curl -s localhost:19435/metrics | grep ^ovltrace_overlay_dirtied
 """)
 @click.option("--web.listen-address", "listen", default=f"localhost:{DEFAULT_PORT}",
@@ -228,6 +229,9 @@ Examples:
               help=f"Where to serve (':{DEFAULT_PORT}' = all interfaces).")
 @click.option("--web.telemetry-path", "telemetry_path", default="/metrics", show_default=True,
               metavar="PATH", help="Path of the metrics page.")
+@click.option("--web.config.file", "web_config_file", metavar="FILE",
+              help="TLS and basic auth, in exporter-toolkit's format (README: Securing the "
+                   "exporter).")
 @click.option("--labels", default="container,container_id,pod,namespace,runtime,mountpoint,device",
               show_default=True, metavar="LIST",
               help="Overlay labels to keep (container and device always stay).")
@@ -248,7 +252,7 @@ Examples:
 @overlay_option
 @btf_option
 @click.pass_context
-def exporter(ctx, listen, telemetry_path, labels, top_n, pair_limit, series_limit, rank_interval,
+def exporter(ctx, listen, telemetry_path, web_config_file, labels, top_n, pair_limit, series_limit, rank_interval,
              gone_ttl, bpf_stats, duration, overlays, btf):
     """Serve Prometheus metrics: per-container dirtying, writeback, flush
     interference, error leaks and silent losses, plus the exporter's cost."""
@@ -260,7 +264,7 @@ def exporter(ctx, listen, telemetry_path, labels, top_n, pair_limit, series_limi
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--labels") from None
     sys.exit(run_exporter(options(ctx, btf, overlays), listen, telemetry_path, config, bpf_stats,
-                          duration))
+                          duration, web_config_file))
 
 
 def print_ebpf(btf):

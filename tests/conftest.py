@@ -222,3 +222,30 @@ def our_bpf_programs() -> list[str]:
             "sys_exit_umoun", "sys_enter_fsyn", "sys_exit_fsync", "sys_enter_fdat", "sys_exit_fdata",
             "raw_tracepoint_", "tracepoint__sy", "kfunc__", "kretfunc__", "kprobe__", "kretprobe__")
     return [p.get("name", "") for p in progs if p.get("name", "").startswith(ours)]
+
+
+def make_pki(directory: str) -> dict[str, str]:
+    """A test CA, a server certificate for 127.0.0.1 signed by it, a client
+    certificate signed by it, and a client certificate from another CA
+    (openssl; EC keys, valid 2 days). Returns their paths by name."""
+    d = Path(directory)
+    p = {n: str(d / n) for n in ("ca.crt", "ca.key", "server.crt", "server.key", "client.crt",
+                                 "client.key", "rogue-ca.crt", "rogue-ca.key", "rogue.crt",
+                                 "rogue.key")}
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    for ca in ("ca", "rogue-ca"):
+        run("req", "-x509", *ec, "-keyout", p[f"{ca}.key"], "-out", p[f"{ca}.crt"],
+            "-subj", f"/CN=ovltrace test {ca}", "-days", "2")
+    for name, ca, ext in (("server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                          ("client", "ca", "extendedKeyUsage=clientAuth"),
+                          ("rogue", "rogue-ca", "extendedKeyUsage=clientAuth")):
+        csr, extfile = str(d / f"{name}.csr"), str(d / f"{name}.ext")
+        Path(extfile).write_text(ext + "\n")
+        run("req", *ec, "-keyout", p[f"{name}.key"], "-out", csr, "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", csr, "-CA", p[f"{ca}.crt"], "-CAkey", p[f"{ca}.key"],
+            "-CAcreateserial", "-out", p[f"{name}.crt"], "-days", "2", "-extfile", extfile)
+    return p

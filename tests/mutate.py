@@ -102,6 +102,14 @@ MUTANTS = [
            r'_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")',
            r'_MD_SPECIAL = re.compile(r"([\\`*_\[\]~])")',
            ["tests/test_untrusted.py"]),
+    Mutant("basic auth lets any password in", "ovltrace/commands/exporter.py",
+           "and not auth.allowed(cfg.users, environ.get(\"HTTP_AUTHORIZATION\")):",
+           "and not auth.allowed(cfg.users, environ.get(\"HTTP_AUTHORIZATION\")) and False:",
+           ["tests/test_exporter_secure_live.py::test_tls_and_basic_auth_with_a_real_prometheus"]),
+    Mutant("a client certificate is taken unverified", "ovltrace/commands/webconfig.py",
+           '"VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,',
+           '"VerifyClientCertIfGiven": ssl.CERT_NONE,',
+           ["tests/test_exporter_secure_live.py::test_tls_and_basic_auth_with_a_real_prometheus"]),
 ]
 
 

@@ -19,6 +19,7 @@ from ..views.exporter import ExporterConfig, OverlayCollector
 from ..views.metrics import DEFAULT_PORT
 from ..views.exposition import metrics_app
 from .runtime import TraceOptions, say, trace, tracing
+from .webconfig import BasicAuth, LiveConfig, load as load_web_config
 
 
 class BpfStatsSwitch:
@@ -68,13 +69,17 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 60    # a client that connects and says nothing does not keep a thread
+
     def log_message(self, *args):
         pass        # scrapes every few seconds: no access log on stderr
 
 
-def make_server(host: str, port: int) -> WSGIServer:
+def make_server(host: str, port: int, web: LiveConfig | None = None) -> WSGIServer:
     """Bind now (so a busy port fails before the slow BPF compile); the
-    app is set later with server.set_app()."""
+    app is set later with server.set_app(). With a TLS web config, each
+    connection is wrapped with the context current then, and its
+    handshake runs in the connection's own thread."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -86,6 +91,19 @@ def make_server(host: str, port: int) -> WSGIServer:
         address_family = family
         allow_reuse_address = True
 
+        def get_request(self):
+            sock, addr = super().get_request()
+            tls = web.current().tls if web is not None else None
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            return sock, addr
+
+        def handle_error(self, request, client_address):
+            # plain HTTP at a TLS port, a failed handshake, a client gone:
+            # the client's problem, not a traceback on our stderr
+            if not isinstance(sys.exc_info()[1], (OSError, ValueError)):
+                super().handle_error(request, client_address)
+
     try:
         return Server((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port),
                       _QuietHandler)
@@ -93,28 +111,43 @@ def make_server(host: str, port: int) -> WSGIServer:
         raise OvltraceError(f"cannot listen on {host or '*'}:{port}: {e.strerror}") from None
 
 
-def web_app(registry, telemetry_path: str, healthy):
+def web_app(registry, telemetry_path: str, healthy, web: LiveConfig | None = None):
     """Metrics at telemetry_path (views/exposition.py), health, a landing
-    page."""
+    page; with a web config, its basic auth on all but health (a kubelet
+    probe carries no credentials, and "OK" tells nothing) and its headers
+    on every answer."""
     metrics = metrics_app(registry)
+    auth = BasicAuth()
     landing = (f"<html><head><title>ovltrace exporter</title></head><body>"
                f"<h1>ovltrace exporter</h1><p><a href=\"{telemetry_path}\">Metrics</a></p>"
                f"<p><a href=\"/-/healthy\">Health</a></p></body></html>").encode()
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO") or "/"
+        cfg = web.current() if web is not None else None
+        if cfg is not None and cfg.headers:
+            plain_start = start_response
 
-        def send(status: str, ctype: str, body: bytes):
-            start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+            def start_response(status, headers, exc_info=None):
+                return plain_start(status, list(headers) + cfg.headers, exc_info)
+
+        def send(status: str, ctype: str, body: bytes, extra=()):
+            start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body))),
+                                    *extra])
             return [body]
 
+        is_health = path in ("/-/healthy", "/health", "/healthz")
+        if cfg is not None and not is_health \
+                and not auth.allowed(cfg.users, environ.get("HTTP_AUTHORIZATION")):
+            return send("401 Unauthorized", "text/plain", b"Unauthorized\n",
+                        [("WWW-Authenticate", 'Basic realm="ovltrace"')])
         if path == telemetry_path:
             try:
                 return metrics(environ, start_response)
             except Exception as e:     # a scrape must answer, never hang up
                 return send("500 Internal Server Error", "text/plain",
                             f"collect failed: {e}\n".encode())
-        if path in ("/-/healthy", "/health", "/healthz"):
+        if is_health:
             ok, why = healthy()
             return send("200 OK" if ok else "503 Service Unavailable", "text/plain",
                         (why + "\n").encode())
@@ -126,7 +159,10 @@ def web_app(registry, telemetry_path: str, healthy):
 
 
 def run_exporter(opts: TraceOptions, listen: str, telemetry_path: str, config: ExporterConfig,
-                 bpf_stats: bool, duration: float | None = None) -> int:
+                 bpf_stats: bool, duration: float | None = None,
+                 web_config_file: str | None = None) -> int:
+    web = LiveConfig(load_web_config(web_config_file), time.monotonic) \
+        if web_config_file else None
     try:
         host, port = parse_listen_address(listen)
     except ValueError as e:
@@ -150,7 +186,7 @@ def run_exporter(opts: TraceOptions, listen: str, telemetry_path: str, config: E
     # churn), so a scrape never queues behind a burst of session work.
     sys.setswitchinterval(0.001)
     registry = CollectorRegistry(auto_describe=False)
-    server = make_server(host, port)
+    server = make_server(host, port, web)
     thread = None
     try:
         # the model forgets what ended well after the series expired
@@ -159,7 +195,7 @@ def run_exporter(opts: TraceOptions, listen: str, telemetry_path: str, config: E
             collector = OverlayCollector(lambda: session.model, session.lock, config,
                                          bpf_programs=session.program_stats)
             registry.register(collector)
-            server.set_app(web_app(registry, telemetry_path, healthy))
+            server.set_app(web_app(registry, telemetry_path, healthy, web))
             thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
             thread.start()
 
@@ -174,7 +210,9 @@ def run_exporter(opts: TraceOptions, listen: str, telemetry_path: str, config: E
                 state["attached"] = True
                 state["last_step"] = time.monotonic()
                 shown = f"[{host}]" if ":" in host else (host or "*")
-                say(f"serving metrics on http://{shown}:{server.server_address[1]}{telemetry_path}")
+                scheme = "https" if web is not None and web.cfg.tls else "http"
+                auth = ", basic auth" if web is not None and web.cfg.users else ""
+                say(f"serving metrics on {scheme}://{shown}:{server.server_address[1]}{telemetry_path}{auth}")
 
             def stepped():
                 state["last_step"] = time.monotonic()
