@@ -11,13 +11,13 @@ PY        ?= /usr/bin/python3
 VENV      := .venv
 APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
              python3-yaml python3-bcrypt e2fsprogs xfsprogs util-linux
-APT_TEST  := openssl tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
+APT_TEST  := openssl mmdebstrap uidmap containerd tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
 APT_VM    := qemu-system-x86 kmod
 # the kernels test-vm boots (Debian's, fetched into a cache, never installed)
 KERNELS   ?= 5.10 6.1 6.12
 export KERNELS
 
-.PHONY: setup setup-test setup-vm demo test test-host test-vm mutate soak bench clean root
+.PHONY: setup setup-test setup-vm demo image test test-host test-vm mutate soak bench clean root
 
 # everything here mounts filesystems or loads BPF: say so once, plainly
 root:
@@ -51,6 +51,12 @@ setup-vm: setup
 
 demo: setup
 	$(VENV)/bin/ovltrace demo
+
+# ovltrace:latest in podman (ENGINE=docker for docker; BASE=... for a
+# registry's Debian image instead of one built here with mmdebstrap)
+image: root
+	$(call apt_missing,podman mmdebstrap)
+	deploy/build-image
 
 test: test-host mutate soak test-vm
 

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from . import __version__
 from .commands.runtime import TraceOptions, say
 from .errors import OvltraceError
 from .format import parse_duration
@@ -36,7 +37,7 @@ Examples:
 
 
 @click.group(epilog=EPILOG_MAIN, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="ovltrace")
+@click.version_option(__version__, prog_name="ovltrace")
 @click.option("--hooks", type=click.Choice(["auto", "functions", "fentry", "kprobes", "tracepoints"]),
               default="auto", envvar="OVLTRACE_HOOKS",
               help="auto: per hook fentry, else kprobe, else tracepoint; functions: fail "

@@ -350,10 +350,15 @@ class Resolver:
                     name = ann.get("io.kubernetes.cri.sandbox-name") or cid
                     name = f"{name}/pause"
                 else:
-                    name = ann.get("io.kubernetes.cri.container-name") or cid
+                    # CRI's container name, nerdctl's --name, else the ID
+                    name = (ann.get("io.kubernetes.cri.container-name")
+                            or ann.get("nerdctl/name") or cid)
+                # outside Kubernetes, the containerd namespace (ctr -n,
+                # nerdctl --namespace) is the one a user knows it by
                 c = Container("containerd", cid, name,
                               ann.get("io.kubernetes.cri.sandbox-name"),
-                              ann.get("io.kubernetes.cri.sandbox-namespace"))
+                              ann.get("io.kubernetes.cri.sandbox-namespace")
+                              or (ns if "io.kubernetes.cri.container-type" not in ann else None))
                 self._add(c, None, f"{bundle}/rootfs")
                 # an absolute root.path (not "rootfs") is where the overlay is mounted
                 rp = (cfg.get("root") or {}).get("path") if isinstance(cfg, dict) else None

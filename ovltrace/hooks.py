@@ -173,19 +173,21 @@ def _stderr_to(buf: list):
                        if l.strip())
 
 
-def symbol_modules(names) -> dict[str, str | None]:
+def symbol_modules(names, kallsyms: str = "/proc/kallsyms") -> dict[str, str | None]:
     """name -> its module ("" for vmlinux), or None when the kernel has no
-    such symbol (bcc's kernel symbol cache)."""
-    from bcc import BPF
-    out: dict[str, str | None] = {}
-    for n in names:
-        addr = BPF.ksymname(n)
-        if addr == -1:
-            out[n] = None
-            continue
-        sym = BPF.ksym(addr, show_module=True).decode(errors="replace")
-        mod = sym.rpartition(" [")[2].rstrip("]") if " [" in sym else ""
-        out[n] = "" if mod == "kernel" else mod
+    such symbol. Read by name from /proc/kallsyms, never by address: without
+    CAP_SYSLOG (a least-privilege DaemonSet) the kernel shows every address
+    as 0, and bcc's symbol cache then finds nothing."""
+    wanted = set(names)
+    out: dict[str, str | None] = dict.fromkeys(wanted)
+    try:
+        with open(kallsyms) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in wanted and out[parts[2]] is None:
+                    out[parts[2]] = parts[3].strip("[]") if len(parts) > 3 else ""
+    except OSError:
+        pass
     return out
 
 
@@ -197,12 +199,17 @@ def kprobes_available(tracefs: str = TRACEFS) -> str | None:
     return "CONFIG_KPROBES is off (no kprobe_events, no kprobe PMU)"
 
 
-def fentry_available() -> str | None:
-    """None if bcc can attach fentry/fexit here (loading may still be refused)."""
-    from bcc import BPF
-    if not BPF.support_kfunc():
-        return ("no BPF trampolines (bcc's support_kfunc: x86_64, kernel BTF and "
-                "bpf_trampoline_link_prog needed)")
+def fentry_available(btf: str = "/sys/kernel/btf/vmlinux") -> str | None:
+    """None if bcc can attach fentry/fexit here (loading may still be
+    refused). bcc's own support_kfunc() asks its address-based symbol
+    cache, which finds nothing without CAP_SYSLOG: ask by name instead."""
+    import platform
+    if platform.machine() != "x86_64":
+        return f"no BPF trampolines on {platform.machine()} in bcc 0.26 (x86_64 only)"
+    if not os.path.exists(btf):
+        return "no kernel BTF"
+    if symbol_modules(["bpf_trampoline_link_prog"])["bpf_trampoline_link_prog"] is None:
+        return "no BPF trampolines (no bpf_trampoline_link_prog in the kernel)"
     return None
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import bpfdefs
 from .counters import COUNTERS, Counters, bpf_members
+from .privileges import tracing_refusal
 from .errors import OvltraceError
 from .hooks import (FORCED, TRACEFS, Attacher, Hook, _stderr_to, hook_mode, require_functions,
                     select_hooks)
@@ -235,8 +236,9 @@ class Probes:
 
     # -- lifecycle ---------------------------------------------------------
     def attach(self) -> None:
-        if os.geteuid() != 0:
-            raise OvltraceError("tracing needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")
+        refusal = tracing_refusal()
+        if refusal:
+            raise OvltraceError(refusal)
         ensure_tracefs()
         self.layout = generate(self.btf, TRACEFS)   # tracepoints are visible now
         enabled = self.enabled_hooks()

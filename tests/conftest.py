@@ -53,9 +53,10 @@ def log_hooks(out: str) -> None:
 class Trace:
     """A running `ovltrace <args>` process (audit/record/exporter...)."""
 
-    def __init__(self, args: list[str], env: dict | None = None):
+    def __init__(self, args: list[str], env: dict | None = None, prefix: list[str] = ()):
         self.args = args
-        self.proc = subprocess.Popen(OVLTRACE + args, cwd=ROOT, stdout=subprocess.PIPE,
+        # prefix: a command that execs the rest (setpriv, to run with fewer capabilities)
+        self.proc = subprocess.Popen([*prefix, *OVLTRACE, *args], cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
         self.stderr_lines: list[str] = []
@@ -95,12 +96,12 @@ class Trace:
 
 
 def audit_json(args: list[str], during=None, duration: str | None = None,
-               settle: float = 1.0) -> dict:
+               settle: float = 1.0, prefix: list[str] = ()) -> dict:
     """Run `ovltrace audit --format json`, call `during()` once the probes
     are attached, end the trace with SIGINT `settle` seconds after it
     returns (or after `duration` if given), return the parsed report.
     Ending on the work, not on a clock, keeps slow machines honest."""
-    t = Trace(["audit", "--format", "json", "-d", duration or "600s"] + args)
+    t = Trace(["audit", "--format", "json", "-d", duration or "600s"] + args, prefix=prefix)
     t.wait_attached()
     try:
         if during:

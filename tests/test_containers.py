@@ -56,7 +56,7 @@ def test_containerd_cri_by_mountpoint(default):
     c = default.for_overlay(ovl("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/42/fs", mp))
     assert c == Container("containerd", K, "api", "api-5c6b", "prod")
     plain = default.for_overlay(ovl(None, "/run/containerd/io.containerd.runtime.v2.task/default/myctr/rootfs"))
-    assert plain == Container("containerd", "myctr", "myctr")
+    assert plain == Container("containerd", "myctr", "myctr", None, "default")
 
 
 def test_moby_namespace_not_claimed_by_containerd(default):

@@ -71,10 +71,20 @@ http_server_config:
   headers: {{Strict-Transport-Security: max-age=31536000}}
 """)
     a, b = sandbox.add_overlay("a"), sandbox.add_overlay("b")
-    exp_port, prom_port = free_port(), free_port()
+    exp_port = free_port()
     trace = Trace(["exporter", "--web.listen-address", f"127.0.0.1:{exp_port}",
                    "--web.config.file", str(web), "--overlay", a.mountpoint,
                    "--overlay", b.mountpoint])
+    try:
+        _scrape_and_check(trace, pki, exp_port, a, b, tmp_path)
+    finally:
+        if trace.proc.poll() is None:       # a failed check: no exporter left behind
+            trace.proc.kill()
+            trace.proc.wait(30)
+
+
+def _scrape_and_check(trace, pki, exp_port, a, b, tmp_path):
+    prom_port = free_port()
     prom = None
     data = tempfile.TemporaryDirectory(prefix="ovltrace-prom-")
     try:

@@ -410,3 +410,16 @@ def test_doctor_tells_whether_syncfs_hears_errors():
     assert syncfs_errors((5, 17)) == syncfs_errors((6, 18))
     assert syncfs_errors((5, 16)).startswith("none before 5.17: ")
     assert syncfs_errors((5, 10)) == syncfs_errors((5, 16))
+
+
+def test_symbols_by_name_even_when_addresses_are_hidden(tmp_path):
+    """Without CAP_SYSLOG every address in /proc/kallsyms reads 0: the
+    names and modules still tell what can be hooked."""
+    from ovltrace.hooks import symbol_modules
+    k = tmp_path / "kallsyms"
+    k.write_text("0000000000000000 T __mark_inode_dirty\n"
+                 "0000000000000000 t ovl_copy_up_flags\t[overlay]\n"
+                 "0000000000000000 T bpf_trampoline_link_prog\n")
+    assert symbol_modules(["__mark_inode_dirty", "ovl_copy_up_flags", "sync_filesystem"],
+                          str(k)) == {"__mark_inode_dirty": "", "ovl_copy_up_flags": "overlay",
+                                      "sync_filesystem": None}

@@ -113,6 +113,8 @@ def _kernel(out, series, kver, modes, results: dict, times="boot 12\ncompile 30\
     d.mkdir()
     (d / "uname.txt").write_text(kver + "\n")
     (d / "times.txt").write_text(times)
+    (d / "doctor-rc.txt").write_text("0 +bpf,+perfmon,+sys_ptrace,+dac_read_search\n")
+    (d / "doctor.txt").write_text("hooks (mode auto; ...; as attached just now)\n")
     for mode, (xml, entry) in results.items():
         (d / f"junit-{mode}.xml").write_text(xml)
         (d / f"hooks-{mode}.jsonl").write_text(json.dumps(entry) + "\n")
@@ -146,6 +148,15 @@ def test_judge_needs_every_pass_of_every_kernel(tmp_path, capsys):
         ["inode_dirty", "fentry"], ["copy_up", "kprobe"], ["sync_fs", "fentry"], ["wb_error", "fentry"]]
     assert table[3].endswith("| tracepoint (stand-in: ovl_copy_up_flags is in module overlay, "
                              "and bcc 0.26 finds fentry targets only in vmlinux BTF)")
+    assert table[6] == "  least caps   +bpf,+perfmon,+sys_ptrace,+dac_read_search: doctor attached"
+    # doctor with the least capabilities must have attached
+    (d / "doctor-rc.txt").write_text("1 +bpf,+perfmon\n")
+    (d / "doctor.txt").write_text("  attach failed: could not open bpf map: x, error: EPERM\n")
+    assert verdict.judge(str(tmp_path)) == 1
+    assert ("vm 5.10: doctor with only +bpf,+perfmon exited 1: attach failed: could not open "
+            "bpf map: x, error: EPERM") in capsys.readouterr().out
+    (d / "doctor-rc.txt").write_text("0 +bpf,+perfmon\n")
+    (d / "doctor.txt").write_text("hooks (mode auto; ...; as attached just now)\n")
     # a guest that booted another kernel does not count
     (d / "uname.txt").write_text("6.1.0-57-amd64\n")
     assert verdict.judge(str(tmp_path)) == 1

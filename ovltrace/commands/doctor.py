@@ -8,6 +8,7 @@ import textwrap
 from ..errors import OvltraceError
 from ..kernel.layout import UNHOOKABLE
 from ..hooks import MODE_TEXT, TRACEFS, fentry_available, kprobes_available
+from ..privileges import Host, effective, missing, needs, tracing_refusal
 from ..probes import DEFAULT_BTF, Probes, ensure_tracefs, kernel_release
 from .runtime import TraceOptions
 
@@ -46,8 +47,18 @@ def facts(btf: str | None = None) -> list[tuple[str, str, bool]]:
     out = []
     rel = platform.release()
     out.append(("kernel", f"{rel} {platform.machine()}", True))
-    out.append(("root", "yes" if os.geteuid() == 0 else "no: tracing needs root "
-                "(CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)", os.geteuid() == 0))
+    have = effective()
+    for need in needs(Host.here()):
+        lack = missing(need, have)
+        if not lack:
+            state = "yes: " + (" + ".join(need.caps) if all(c in have for c in need.caps)
+                               else need.instead)
+        else:
+            state = f"MISSING {' + '.join(lack)}: " + (need.without or "tracing cannot start")
+            if need.fix:
+                state += f" ({need.fix})"
+        # only what tracing cannot start without is a failure
+        out.append((need.label, state, bool(not lack or need.without)))
     btf = btf or DEFAULT_BTF
     out.append(("BTF", btf if os.path.exists(btf) else f"missing ({btf})", os.path.exists(btf)))
     out.append(("overlayfs", overlay_state(), True))
@@ -77,7 +88,8 @@ def run_doctor(opts: TraceOptions) -> int:
     for what, state, good in facts(opts.btf):
         ok &= good
         print(f"  {what:<18} {state}")
-    if os.geteuid() == 0:
+    can_trace = tracing_refusal() is None
+    if can_trace:
         try:
             ensure_tracefs()
         except OvltraceError as e:
@@ -89,10 +101,10 @@ def run_doctor(opts: TraceOptions) -> int:
     except OvltraceError as e:
         print(f"  cannot read kernel types: {e}")
         return 1
-    # As root, really attach (then detach): the only way to know what the
+    # Allowed to, really attach (then detach): the only way to know what the
     # kernel allows (fentry loads can be refused, kprobes can be missing).
     attached, failure = False, None
-    if os.geteuid() == 0:
+    if can_trace:
         try:
             probes.attach()
             attached = True

@@ -169,6 +169,23 @@ def read_times(path: str) -> dict[str, float]:
     return out
 
 
+def judge_doctor(d: str) -> tuple[str, str | None]:
+    """(the capabilities doctor ran with, a problem or None): the guest
+    runs doctor with only the capabilities deploy/ grants; it must exit 0
+    having attached its hooks."""
+    try:
+        with open(os.path.join(d, "doctor-rc.txt")) as f:
+            rc, _, caps = f.read().strip().partition(" ")
+        with open(os.path.join(d, "doctor.txt")) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return "?", "doctor with the least capabilities left no result"
+    if rc != "0" or "as attached just now" not in text:
+        why = [l.strip() for l in text.splitlines() if "attach failed" in l or "MISSING" in l]
+        return caps, f"doctor with only {caps} exited {rc}: {'; '.join(why) or 'not attached'}"
+    return caps, None
+
+
 def judge_kernel(out: str, series: str, kver: str, modes: list[str],
                  expected: dict[str, list[str]], narrowed: bool) -> tuple[list[str], list[str], int, int, dict]:
     """(report lines, problems, passed, failed, summary row) of one kernel."""
@@ -182,6 +199,9 @@ def judge_kernel(out: str, series: str, kver: str, modes: list[str],
         booted = None
     if booted != kver:
         problems.append(f"vm {series}: the guest ran {booted or 'nothing'}, not {kver}")
+    caps, doctor_problem = judge_doctor(d)
+    if doctor_problem:
+        problems.append(f"vm {series}: {doctor_problem}")
     mechs: dict[str, set[str]] = {h: set() for h in FUNCTION_HOOKS}
     for mode in modes:
         label = f"vm {series} {mode}"
@@ -204,7 +224,7 @@ def judge_kernel(out: str, series: str, kver: str, modes: list[str],
     row = {"kernel": booted or kver, "boot_s": times.get("boot"),
            "compile_s": times.get("compile"), "passes": " ".join(modes),
            "tests": f"{passed} passed, {failed} failed", "hooks": mechs,
-           "seconds": times.get("total")}
+           "seconds": times.get("total"), "caps": caps, "caps_ok": doctor_problem is None}
     return lines, problems, passed, failed, row
 
 
@@ -218,6 +238,9 @@ def summary(rows: list[dict]) -> list[str]:
                    f"{s(r['seconds']):>7}  {r['tests']} ({r['passes']})")
         for h, used in r["hooks"].items():
             out.append(f"  {h:<12} {' | '.join(sorted(used)) or '-'}")
+        if "caps" in r:
+            out.append(f"  {'least caps':<12} {r['caps']}: "
+                       + ("doctor attached" if r["caps_ok"] else "FAILED"))
     return out
 
 
