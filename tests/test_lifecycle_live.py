@@ -21,13 +21,14 @@ import urllib.request
 import pytest
 
 from conftest import ROOT, Trace, free_port
+from test_containerd_live import containerd, image  # noqa: F401  (fixtures)
 from test_containers_live import (DOCKER, IMAGE, PODMAN_IMAGE, dockerd, rootfs_tar,  # noqa: F401
                                   run)
 
 pytestmark = pytest.mark.live
 
 MiB = 1 << 20
-HOG, NEWBIE, PODNEW = "ovt-hog", "ovt-newbie", "ovt-podnew"
+HOG, NEWBIE, PODNEW, CTRNEW = "ovt-hog", "ovt-newbie", "ovt-podnew", "ovt-ctrnew"
 PODMAN = ["podman", "--runtime", "runc"]
 NO_LIMITS = ["--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 
@@ -123,3 +124,21 @@ def test_a_container_start_pays_for_its_neighbour(hog, tmp_path):
     assert m and float(m.group(1)) == docker_create, metrics[-3000:]
     assert re.search(r'^ovltrace_lifecycle_flush_duration_seconds_count\{runtime="podman",'
                      r'step="stop"\} [1-9]', metrics, re.M), metrics[-3000:]
+
+
+def test_a_containerd_stop_pays_for_its_neighbour(hog, containerd, image):   # noqa: F811
+    """`ctr run --rm`: containerd's shim mounts the task's rootfs and
+    unmounts it when the task exits, which syncs hog's 64 MiB: charged to
+    the containerd container (named from its task bundle), step stop."""
+    from conftest import audit_json
+    from test_containerd_live import NS, _remove
+    _remove(CTRNEW)
+    try:
+        rep = audit_json([], lambda: run("ctr", "-n", NS, "run", "--rm", image, CTRNEW,
+                                         "sh", "-c", ":"), settle=4)
+    finally:
+        _remove(CTRNEW)
+    events = [e for e in rep["lifecycle"]["events"] if e["container"] == CTRNEW]
+    assert [(e["runtime"], e["step"], e["volatile"]) for e in events] == \
+        [("containerd", "stop", False)], rep["lifecycle"]["events"]
+    assert {o["name"]: o["bytes"] for o in events[0]["others"]}.get(HOG) == 64 * MiB, events
