@@ -104,15 +104,15 @@ def tracing_refusal(host: Host | None = None, have: set[str] | None = None) -> s
     """One line saying why tracing cannot start here, or None."""
     host = Host.here() if host is None else host
     have = effective() if have is None else have
-    for need in needs(host):
+    listed = needs(host)
+    for i, need in enumerate(listed):
         lack = missing(need, have)
         if lack and not need.without:
-            grant = ", ".join(needs(host)[0].caps)
-            if need is needs(host)[0]:
+            if i == 0:
                 return (f"tracing needs {' and '.join(lack)} (missing; run as root, or grant "
-                        f"{grant}: see README, Privileges)")
+                        f"{', '.join(need.caps)}: see README, Privileges)")
             return (f"tracing needs {' and '.join(lack)} here to {need.what.split(':')[0]} "
-                    f"(missing; grant it {need.fix}: see README, Privileges)")
+                    f"(missing; grant it, {need.fix}: see README, Privileges)")
     return None
 
 
