@@ -11,7 +11,7 @@ PY        ?= /usr/bin/python3
 VENV      := .venv
 APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
              python3-yaml python3-bcrypt e2fsprogs xfsprogs util-linux
-APT_TEST  := openssl mmdebstrap uidmap containerd tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
+APT_TEST  := openssl mmdebstrap uidmap containerd systemd tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
 APT_VM    := qemu-system-x86 kmod
 # the kernels test-vm boots (Debian's, fetched into a cache, never installed)
 KERNELS   ?= 5.10 6.1 6.12

@@ -120,3 +120,21 @@ def test_refusals_name_the_capability_and_the_fix():
         "against it before 5.11) (missing;")
     # what only loses a feature does not stop tracing
     assert tracing_refusal(Host((6, 1)), {"CAP_BPF", "CAP_PERFMON"}) is None
+
+
+def test_the_unit_passes_systemd_analyze(tmp_path):
+    """No systemd runs as PID 1 on these machines: systemd's own parser is
+    the check (an unknown key or a bad capability name would be warned
+    about, and silently ignored by a real systemd)."""
+    import subprocess
+    unit = tmp_path / "ovltrace-exporter.service"
+    unit.write_text((ROOT / "deploy" / "ovltrace-exporter.service").read_text()
+                    .replace("/usr/local/bin/ovltrace", "/bin/true"))
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r.stderr
+    bad = tmp_path / "bad.service"
+    bad.write_text(unit.read_text().replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"))
+    r = subprocess.run(["systemd-analyze", "verify", str(bad)], capture_output=True, text=True,
+                       timeout=60)
+    assert "Unknown key 'NoNewPrivilege'" in r.stderr
