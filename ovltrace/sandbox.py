@@ -401,6 +401,12 @@ class Sandbox:
         for name in reversed(list(self.overlays)):
             if self._step(f"umount overlay {name}", self._umount, self.overlays[name].mountpoint):
                 del self.overlays[name]
+        # what was mounted here untracked (an instant container whose
+        # workload died between its mount and its unmount), deepest first
+        keep = {os.path.realpath(p) for p in (self.root, self.upper_fs, self.backing)}
+        for path in mounts_under(self.root):
+            if path not in keep:
+                self._step(f"umount {path}", self._umount, path)
         v1 = [p for paths in self.cgroups_v1.values() for p in paths]
         v1_parents = sorted({os.path.dirname(p) for p in v1})
         for path in list(self.cgroups.values()) + ([self._cg_dir] if self._cg_dir else []) + v1 + v1_parents:

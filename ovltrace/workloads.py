@@ -12,6 +12,7 @@ workload exits; start workloads from a long-lived thread.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import select
@@ -353,7 +354,17 @@ def mount_overlay(lower: str, upper: str, work: str, target: str, new_api: bool 
         os.close(fd)
 
 
-def unmount(target: str) -> None:
+def unmount(target: str, tries: int = 50) -> None:
+    """umount(2), retried on EBUSY as containerd's unmount does (50 times):
+    any concurrent path lookup through the mount (a tracer stat'ing it, a
+    `ls`) holds a reference for a moment, and a plain umount then fails."""
+    for _ in range(tries - 1):
+        if _libc().umount2(target.encode(), 0) == 0:
+            return
+        err = ctypes.get_errno()
+        if err != errno.EBUSY:
+            raise OSError(err, f"umount: {os.strerror(err)}")
+        time.sleep(0.02)
     _check(_libc().umount2(target.encode(), 0), "umount")
 
 

@@ -191,3 +191,36 @@ def test_close_kills_workloads() -> None:
     assert [p.returncode for p in procs] == [-9, -9, -9]
     assert not os.path.exists(cg)
     assert not os.path.exists(sb.root)
+
+
+def test_close_unmounts_what_it_did_not_track() -> None:
+    """An instant container whose workload died between mount and unmount
+    (a soak saw it) is still unmounted, and the sandbox is removed."""
+    from ovltrace.sandbox import mounts_under
+    sb = Sandbox()
+    root = sb.root
+    ov = sb.prepare_overlay("orphan")
+    workloads.mount_overlay(ov.lowerdir, ov.upperdir, ov.workdir, ov.mountpoint, False)
+    assert ov.mountpoint in mounts_under(root)
+    sb.close()
+    assert mounts_under(root) == [] and not os.path.exists(root)
+
+
+def test_unmount_retries_a_busy_mount() -> None:
+    """A path lookup holding the mount for a moment makes umount(2) fail
+    with EBUSY; the workloads' unmount retries, as containerd does."""
+    import ctypes
+    import errno
+    import threading
+    sb = Sandbox()
+    try:
+        ov = sb.prepare_overlay("busy")
+        workloads.mount_overlay(ov.lowerdir, ov.upperdir, ov.workdir, ov.mountpoint, False)
+        fd = os.open(ov.mountpoint, os.O_RDONLY)       # busy until closed
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.umount2(ov.mountpoint.encode(), 0) == -1 and ctypes.get_errno() == errno.EBUSY
+        threading.Timer(0.2, os.close, [fd]).start()
+        workloads.unmount(ov.mountpoint)
+        assert not os.path.ismount(ov.mountpoint)
+    finally:
+        sb.close()
