@@ -43,8 +43,11 @@ def build(n: int = 4, inject_errors: bool = False, big_lower_mb: int = 32) -> De
         if inject_errors:
             # writes past the tmpfs size fail at writeback (KERNEL-NOTES);
             # the failed metadata turns ext4 read-only, so the others stop
-            # writing and only hear about it from syncfs
-            sb = Sandbox(size_mb=1024, backing_tmpfs_mb=160)
+            # writing and only hear about it from syncfs. Room for the mix
+            # (bulk 96 MiB, copy-up 32 MiB, the lower file, ext4's journal:
+            # ~200 MiB): only the error writer's 400 MiB may overflow it (at
+            # 160 MiB the mix itself aborted the journal within 2 s)
+            sb = Sandbox(size_mb=1024, backing_tmpfs_mb=320)
         else:
             sb = Sandbox(size_mb=max(1024, 64 * n))
     except Exception as e:  # mkfs/losetup/mount problems come as various errors
