@@ -1,8 +1,13 @@
-"""Shared by the exporter tests: the expressions of the dashboards and rules."""
+"""Shared by the exporter tests: the expressions of the dashboards and
+rules, and a real Prometheus to scrape with."""
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +56,44 @@ def rule_exprs() -> list[tuple[str, str]]:
 
 def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\bovltrace_[a-z0-9_]+", expr))
+
+
+def get(url: str, timeout: float = 10) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+def query(prom: str, expr: str) -> list:
+    body = json.loads(get(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+def wait_for(pred, timeout: float, what: str):
+    end, last = time.monotonic() + timeout, None
+    while time.monotonic() < end:
+        try:
+            last = pred()
+            if last:
+                return last
+        except (OSError, ValueError) as e:
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}: {last}")
+
+
+def start_prometheus(config: Path, storage: str, port: int) -> tuple[subprocess.Popen, str]:
+    """Debian's Prometheus on 127.0.0.1:port, ready: (process, its URL).
+    The caller terminates it."""
+    proc = subprocess.Popen(
+        ["/usr/bin/prometheus", f"--config.file={config}", f"--storage.tsdb.path={storage}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: get(f"{url}/-/ready"), 60, "prometheus ready")
+    except BaseException:
+        proc.terminate()
+        proc.wait(30)
+        raise
+    return proc, url

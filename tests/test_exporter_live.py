@@ -7,27 +7,15 @@ import json
 import subprocess
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import Trace, free_port
-from exporter_helpers import RULES, dashboard_exprs, metric_names, rule_exprs, template_selectors
+from exporter_helpers import (RULES, dashboard_exprs, get, metric_names, query, rule_exprs,
+                              start_prometheus, template_selectors, wait_for)
 
 pytestmark = pytest.mark.live
-
-
-def get(url: str, timeout: float = 10) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read()
-
-
-def query(prom: str, expr: str) -> list:
-    body = json.loads(get(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
-    assert body["status"] == "success", (expr, body)
-    return body["data"]["result"]
 
 
 def query_exporter(port: int, name: str) -> float:
@@ -35,20 +23,6 @@ def query_exporter(port: int, name: str) -> float:
     text = get(f"http://127.0.0.1:{port}/metrics").decode()
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
                if l.startswith(name + "{") or l.startswith(name + " "))
-
-
-def wait_for(pred, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        try:
-            last = pred()
-            if last:
-                return last
-        except (OSError, ValueError) as e:
-            last = e
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +46,7 @@ scrape_configs:
   - job_name: ovltrace
     static_configs: [{{targets: ["127.0.0.1:{exp_port}"]}}]
 """)
-        prom = subprocess.Popen(
-            ["/usr/bin/prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp.name}/data",
-             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        url = f"http://127.0.0.1:{prom_port}"
-        wait_for(lambda: get(f"{url}/-/ready"), 60, "prometheus ready")
+        prom, url = start_prometheus(cfg, f"{tmp.name}/data", prom_port)
         # Prometheus scrapes before the workload starts, so every rate and
         # increase the dashboards show covers the workload
         wait_for(lambda: query(url, 'up{job="ovltrace"} == 1'), 60, "the first scrape")

@@ -9,15 +9,14 @@ import json
 import ssl
 import subprocess
 import tempfile
-import time
 import urllib.error
-import urllib.parse
 import urllib.request
 
 import bcrypt
 import pytest
 
 from conftest import OVLTRACE, Trace, free_port, make_pki, write_file
+from exporter_helpers import get, query, start_prometheus, wait_for
 
 pytestmark = pytest.mark.live
 
@@ -25,33 +24,9 @@ MiB = 1 << 20
 PASSWORD = "correct horse"
 
 
-def get(url: str, timeout: float = 10) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read()
-
-
-def query(prom: str, expr: str) -> list:
-    body = json.loads(get(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
-    assert body["status"] == "success", (expr, body)
-    return body["data"]["result"]
-
-
 def targets(prom: str) -> dict[str, dict]:
     body = json.loads(get(f"{prom}/api/v1/targets"))
     return {t["labels"]["job"]: t for t in body["data"]["activeTargets"]}
-
-
-def wait_for(pred, timeout: float, what: str):
-    end, last = time.monotonic() + timeout, None
-    while time.monotonic() < end:
-        try:
-            last = pred()
-            if last:
-                return last
-        except (OSError, ValueError) as e:
-            last = e
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}: {last}")
 
 
 def test_tls_and_basic_auth_with_a_real_prometheus(sandbox, tmp_path):
@@ -111,12 +86,7 @@ def _scrape_and_check(trace, pki, exp_port, a, b, tmp_path):
         cfg = tmp_path / "prometheus.yml"
         cfg.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n" + "".join(
             f"  - {{job_name: {job}, {settings}, {target}}}\n" for job, settings in jobs.items()))
-        prom = subprocess.Popen(
-            ["/usr/bin/prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={data.name}",
-             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        url = f"http://127.0.0.1:{prom_port}"
-        wait_for(lambda: get(f"{url}/-/ready"), 60, "prometheus ready")
+        prom, url = start_prometheus(cfg, data.name, prom_port)
         write_file(f"{a.mountpoint}/big", 4 * MiB)
         for i in range(10):
             write_file(f"{b.mountpoint}/small{i}", 4096)
