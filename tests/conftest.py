@@ -2,12 +2,14 @@
 against real overlays on loop-mounted filesystems, as root."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -250,3 +252,33 @@ def make_pki(directory: str) -> dict[str, str]:
         run("x509", "-req", "-in", csr, "-CA", p[f"{ca}.crt"], "-CAkey", p[f"{ca}.key"],
             "-CAcreateserial", "-out", p[f"{name}.crt"], "-days", "2", "-extfile", extfile)
     return p
+
+
+@contextlib.contextmanager
+def running_daemon(argv: list[str], is_up):
+    """A container runtime's daemon for the block: the running one if
+    is_up(), else argv started now and stopped after. One that does not
+    come up within 60 s fails the test with the end of its log."""
+    if is_up():
+        yield
+        return
+    name = os.path.basename(argv[0])
+    log_path = Path(tempfile.mkdtemp(prefix=f"ovt-{name}-")) / f"{name}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not is_up():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{name} did not come up (rc={proc.poll()}); log {log_path}:\n"
+                            + log_path.read_text()[-4000:])
+            time.sleep(0.5)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import audit_json
+from conftest import audit_json, running_daemon
 from ovltrace.containers import Resolver, cgroup_of_pid
 
 pytestmark = pytest.mark.live
@@ -43,23 +43,8 @@ def _up() -> bool:
 @pytest.fixture(scope="module")
 def containerd():
     """A running containerd, else one started for this module."""
-    if _up():
+    with running_daemon(["containerd"], _up):
         yield
-        return
-    log = Path(tempfile.mkdtemp(prefix="ovt-containerd-")) / "containerd.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(["containerd"], stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not _up():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"containerd did not come up: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @pytest.fixture(scope="module")

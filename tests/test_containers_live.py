@@ -22,11 +22,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import running_daemon
 from ovltrace.containers import Resolver, cgroup_of_pid
 from ovltrace.mounts import discover
 
@@ -50,30 +50,9 @@ def _docker_ok() -> bool:
 @pytest.fixture(scope="module")
 def dockerd():
     """Use a running dockerd, else start one for this module and stop it after."""
-    if _docker_ok():
+    with running_daemon(["dockerd", "--iptables=false", "--bridge=none", "--ip-forward=false"],
+                        _docker_ok):
         yield
-        return
-    log_path = Path(tempfile.mkdtemp(prefix="ovt-dockerd-")) / "dockerd.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        ["dockerd", "--iptables=false", "--bridge=none", "--ip-forward=false"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not _docker_ok():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dockerd did not come up (rc={proc.poll()}); log {log_path}:\n"
-                            + log_path.read_text()[-4000:])
-            time.sleep(0.5)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
