@@ -199,16 +199,24 @@ def kprobes_available(tracefs: str = TRACEFS) -> str | None:
     return "CONFIG_KPROBES is off (no kprobe_events, no kprobe PMU)"
 
 
-def fentry_available(btf: str = "/sys/kernel/btf/vmlinux") -> str | None:
+TRAMPOLINE_SYMBOL = "bpf_trampoline_link_prog"     # present where fentry is
+
+
+def fentry_available(btf: str = "/sys/kernel/btf/vmlinux",
+                     syms: dict[str, str | None] | None = None) -> str | None:
     """None if bcc can attach fentry/fexit here (loading may still be
     refused). bcc's own support_kfunc() asks its address-based symbol
-    cache, which finds nothing without CAP_SYSLOG: ask by name instead."""
+    cache, which finds nothing without CAP_SYSLOG: ask by name instead.
+    `syms`: symbol_modules() already read with TRAMPOLINE_SYMBOL in it
+    (/proc/kallsyms takes ~0.1 s to read)."""
     import platform
     if platform.machine() != "x86_64":
         return f"no BPF trampolines on {platform.machine()} in bcc 0.26 (x86_64 only)"
     if not os.path.exists(btf):
         return "no kernel BTF"
-    if symbol_modules(["bpf_trampoline_link_prog"])["bpf_trampoline_link_prog"] is None:
+    if syms is None:
+        syms = symbol_modules([TRAMPOLINE_SYMBOL])
+    if syms[TRAMPOLINE_SYMBOL] is None:
         return "no BPF trampolines (no bpf_trampoline_link_prog in the kernel)"
     return None
 
@@ -221,9 +229,11 @@ class Attacher:
         self.bpf = bpf
         self.layout = layout
         self.probes = probes
-        self.syms = symbol_modules([f["function"] for f in FUNCTIONS.values()])
+        # one read of /proc/kallsyms for the functions and fentry's check
+        self.syms = symbol_modules([f["function"] for f in FUNCTIONS.values()]
+                                   + [TRAMPOLINE_SYMBOL])
         self._kprobes = kprobes_available()
-        self._fentry = fentry_available()
+        self._fentry = fentry_available(syms=self.syms)
         self.mechanism: dict[str, str] = {}
 
     def attach(self, hook: str, mech: str) -> None:
