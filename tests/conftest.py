@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -282,3 +283,32 @@ def running_daemon(argv: list[str], is_up):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+BUSYBOX_IMAGE = "localhost/ovt-bb:test"      # the image every live container test runs
+
+
+def busybox_rootfs_tar(directory: Path) -> Path:
+    """directory/bb.tar: a root filesystem of busybox with the applets the
+    container tests use (no registry: every image is made from it)."""
+    root = directory / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in ("sh", "sleep", "dd", "sync", "cat"):
+        (root / "bin" / applet).symlink_to("busybox")
+    tar = directory / "bb.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
+    return tar
+
+
+def busybox_docker_archive(directory: Path) -> Path:
+    """directory/image.tar: BUSYBOX_IMAGE (imported into root's podman
+    first if missing) as a docker-archive, for `ctr images import` and a
+    rootless `podman load`."""
+    if subprocess.run(["podman", "image", "exists", BUSYBOX_IMAGE]).returncode:
+        subprocess.run(["podman", "import", "-q", str(busybox_rootfs_tar(directory)),
+                        BUSYBOX_IMAGE], check=True, capture_output=True)
+    archive = directory / "image.tar"
+    subprocess.run(["podman", "save", "-q", "--format", "docker-archive", "-o", str(archive),
+                    BUSYBOX_IMAGE], check=True, capture_output=True)
+    return archive

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import audit_json, running_daemon
+from conftest import BUSYBOX_IMAGE, audit_json, busybox_docker_archive, running_daemon
 from ovltrace.containers import Resolver, cgroup_of_pid
 
 pytestmark = pytest.mark.live
 
 NS = "ovltrace-test"
-IMAGE = "localhost/ovt-bb:test"
+IMAGE = BUSYBOX_IMAGE
 CRI_ID = "c0ffee" + "0" * 52 + "123456"          # CRI ids are 64 hex digits
 POD_UID = "5d1e2f3a-0000-4000-8000-00000000abcd"
 
@@ -52,18 +52,8 @@ def image(containerd):
     """busybox as an image, imported from a local docker-archive tarball."""
     tmp = Path(tempfile.mkdtemp(prefix="ovt-ctr-img-"))
     try:
-        root = tmp / "rootfs"
-        (root / "bin").mkdir(parents=True)
-        shutil.copy("/bin/busybox", root / "bin" / "busybox")
-        for applet in ("sh", "sleep", "dd", "sync"):
-            (root / "bin" / applet).symlink_to("busybox")
         # podman writes the docker-archive; ctr imports it (no registry)
-        subprocess.run(["tar", "-C", str(root), "-cf", str(tmp / "rootfs.tar"), "."], check=True)
-        subprocess.run(["podman", "import", "-q", str(tmp / "rootfs.tar"), IMAGE], check=True,
-                       capture_output=True)
-        subprocess.run(["podman", "save", "-q", "--format", "docker-archive", "-o",
-                        str(tmp / "image.tar"), IMAGE], check=True, capture_output=True)
-        ctr("images", "import", str(tmp / "image.tar"))
+        ctr("images", "import", str(busybox_docker_archive(tmp)))
         yield IMAGE
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

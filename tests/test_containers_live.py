@@ -26,13 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import running_daemon
+from conftest import BUSYBOX_IMAGE, busybox_rootfs_tar, running_daemon
 from ovltrace.containers import Resolver, cgroup_of_pid
 from ovltrace.mounts import discover
 
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else (shutil.which("docker") or "docker")
 IMAGE = "ovt-bb:test"
-PODMAN_IMAGE = "localhost/ovt-bb:test"
+PODMAN_IMAGE = BUSYBOX_IMAGE
 WEB, DB = "ovt-web", "ovt-db"
 
 
@@ -58,13 +58,7 @@ def dockerd():
 @pytest.fixture(scope="module")
 def rootfs_tar():
     tmp = Path(tempfile.mkdtemp(prefix="ovt-bb-"))
-    bb = tmp / "rootfs" / "bin"
-    bb.mkdir(parents=True)
-    shutil.copy("/bin/busybox", bb / "busybox")
-    for applet in ("sh", "sleep", "dd", "sync", "cat"):
-        (bb / applet).symlink_to("busybox")
-    run("tar", "-C", str(tmp / "rootfs"), "-cf", str(tmp / "bb.tar"), ".")
-    yield tmp / "bb.tar"
+    yield busybox_rootfs_tar(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, free_port, our_bpf_programs, write_file
+from conftest import (BUSYBOX_IMAGE, ROOT, busybox_docker_archive, free_port, our_bpf_programs,
+                      write_file)
 
 pytestmark = pytest.mark.live
 
@@ -85,18 +89,13 @@ def podman_args(drop: str | None = None) -> tuple[list[str], list[str]]:
 def writer():
     """A real Podman container on the host, kept for the workload."""
     subprocess.run(["podman", "rm", "-f", "-t", "0", WRITER], capture_output=True)
-    tar = ROOT / "build" / "ovt-bb.tar"
-    if subprocess.run(["podman", "image", "exists", "localhost/ovt-bb:test"]).returncode:
-        root = ROOT / "build" / "ovt-bb"
-        (root / "bin").mkdir(parents=True, exist_ok=True)
-        run("cp", "/bin/busybox", str(root / "bin" / "busybox"))
-        for applet in ("sh", "sleep", "dd", "sync"):
-            if not (root / "bin" / applet).exists():
-                (root / "bin" / applet).symlink_to("busybox")
-        run("tar", "-C", str(root), "-cf", str(tar), ".")
-        run("podman", "import", str(tar), "localhost/ovt-bb:test")
+    tmp = Path(tempfile.mkdtemp(prefix="ovt-bb-"))
+    try:
+        busybox_docker_archive(tmp)         # the image in root's podman
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     run(*PODMAN[:2], "-d", *PODMAN[3:], "--name", WRITER, "--network", "none",
-        "localhost/ovt-bb:test", "sleep", "600")
+        BUSYBOX_IMAGE, "sleep", "600")
     try:
         yield WRITER
     finally:

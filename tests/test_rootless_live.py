@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import audit_json
+from conftest import BUSYBOX_IMAGE, audit_json, busybox_docker_archive
 from test_privileges_live import setpriv
 from test_deploy import unit_caps
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.live
 
 USER = "ovtrootless"
 NAME = "ovt-rootless"
-IMAGE = "localhost/ovt-bb:test"
+IMAGE = BUSYBOX_IMAGE
 
 
 def as_user(cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -35,7 +35,7 @@ def as_user(cmd: str, check: bool = True, timeout: float = 120) -> subprocess.Co
 
 
 @pytest.fixture(scope="module")
-def rootless(tmp_path_factory):
+def rootless():
     try:
         pwd.getpwnam(USER)
     except KeyError:
@@ -47,18 +47,7 @@ def rootless(tmp_path_factory):
         # a directory the user can read (pytest's own are root's, 0700)
         shared = Path(tempfile.mkdtemp(prefix="ovt-rootless-"))
         shared.chmod(0o755)
-        tar = shared / "bb.tar"
-        if subprocess.run(["podman", "image", "exists", IMAGE]).returncode:
-            root = tmp_path_factory.mktemp("bb")
-            (root / "bin").mkdir()
-            subprocess.run(["cp", "/bin/busybox", str(root / "bin")], check=True)
-            for applet in ("sh", "sleep", "dd"):
-                (root / "bin" / applet).symlink_to("busybox")
-            subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
-            subprocess.run(["podman", "import", "-q", str(tar), IMAGE], check=True,
-                           capture_output=True)
-        subprocess.run(["podman", "save", "-q", "--format", "docker-archive", "-o", str(tar),
-                        IMAGE], check=True, capture_output=True)
+        tar = busybox_docker_archive(shared)
         tar.chmod(0o644)
         as_user(f"podman load -q -i {tar}")
         shutil.rmtree(shared)
