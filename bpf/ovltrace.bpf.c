@@ -54,6 +54,11 @@ BPF_PERCPU_ARRAY(stats, struct ovl_stats, MAX_SLOTS);
 /* Orphans (see ovltrace.h); LRU: userspace takes each within a sample or
  * two, so only a flood of them while it lags can push one out. */
 BPF_TABLE("lru_hash", struct orphan_key, struct orphan_val, orphans, ORPHAN_SIZE);
+/* Orphans userspace has charged to an owner with a slot: from then on
+ * their inode's events go to that slot (through the walk), so the orphan's
+ * counters stop moving and userspace can read them a last time and drop
+ * it without losing an event that lands in between. */
+BPF_HASH(orphans_decided, struct orphan_key, u8, ORPHAN_SIZE);
 BPF_PERCPU_ARRAY(orphan_scratch, struct orphan_val, 1);      /* too big for the stack */
 BPF_PERCPU_ARRAY(orphan_ids, u64, 1);                        /* orphans made on this CPU */
 
@@ -214,6 +219,8 @@ struct inode_span { u64 w[INODE_SPAN_LEN / 8]; };     /* 8-byte aligned span */
 static __always_inline struct orphan_val *orphan_of(u64 inode, u64 ino, struct orphan_val *w)
 {
 	struct orphan_key k = { .inode = inode, .ino = ino };
+	if (orphans_decided.lookup(&k))
+		return 0;
 	struct orphan_val *v = orphans.lookup(&k);
 	if (v || !w)
 		return v;

@@ -41,13 +41,15 @@ def build(n: int = 4, inject_errors: bool = False, big_lower_mb: int = 32) -> De
     """Mount the sandbox containers (no workload yet)."""
     try:
         if inject_errors:
-            # writes past the tmpfs size fail at writeback (KERNEL-NOTES);
-            # the failed metadata turns ext4 read-only, so the others stop
-            # writing and only hear about it from syncfs. Room for the mix
-            # (bulk 96 MiB, copy-up 32 MiB, the lower file, ext4's journal:
-            # ~200 MiB): only the error writer's 400 MiB may overflow it (at
-            # 160 MiB the mix itself aborted the journal within 2 s)
-            sb = Sandbox(size_mb=1024, backing_tmpfs_mb=320)
+            # writes past the tmpfs size fail at writeback (KERNEL-NOTES).
+            # The upper fs is the error-leak one (no journal, errors=continue):
+            # the error writer's failed metadata sets the error the next
+            # syncfs of ANY overlay returns, so the syncer is handed it every
+            # time (with a journal, when and whether it aborted varied from
+            # run to run).  Room for the mix (bulk 96 MiB, copy-up 32 MiB,
+            # the lower file: ~170 MiB): only the error writer's 400 MiB may
+            # overflow it.
+            sb = Sandbox(size_mb=1024, backing_tmpfs_mb=320, errors="leak")
         else:
             sb = Sandbox(size_mb=max(1024, 64 * n))
     except Exception as e:  # mkfs/losetup/mount problems come as various errors
@@ -74,7 +76,8 @@ def start_workload(setup: DemoSetup, inject_errors: bool = False,
     for i, ov in enumerate(ovs):
         if inject_errors and i == len(ovs) - 1 and i >= 2:
             role = "error-writer"
-            workloads.error_writer(sb, ov, total_mb=400)
+            # holes: one extent per chunk, so new extent-tree blocks fail too
+            workloads.error_writer(sb, ov, total_mb=400, chunk_kb=64, hole_kb=4)
         elif i == 1:
             role = "syncfs-neighbour"
             # on an upper fs made to fail, its own tiny writes would fail too

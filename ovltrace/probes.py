@@ -402,13 +402,29 @@ class Probes:
                               tuple(anc), _counters([v.s])))
         return out
 
-    def drop_orphans(self, keys: list[tuple[int, int]]) -> None:
-        table = self.bpf["orphans"]
+    def mark_orphans_decided(self, keys: list[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Send these orphans' inodes to their owner's slot from now on
+        (the kernel stops adding to the orphans); returns those marked (a
+        full map marks no more)."""
+        table = self.bpf["orphans_decided"]
+        marked = set()
         for inode, ino in keys:
             try:
-                del table[table.Key(inode, ino)]
-            except KeyError:
-                pass
+                table[table.Key(inode, ino)] = ctypes.c_uint8(1)
+            except Exception:         # bcc raises a bare Exception when full
+                break
+            marked.add((inode, ino))
+        return marked
+
+    def drop_orphans(self, keys: list[tuple[int, int]]) -> None:
+        """Forget these orphans and their marks."""
+        for name in ("orphans", "orphans_decided"):
+            table = self.bpf[name]
+            for inode, ino in keys:
+                try:
+                    del table[table.Key(inode, ino)]
+                except KeyError:
+                    pass
 
     def read_counters(self) -> dict[str, int]:
         table = self.bpf["counters"]

@@ -46,6 +46,15 @@ class _Watched:
 
 
 @dataclass
+class _Deciding:
+    """An orphan charged to `owner` but not yet dropped (_take_orphans)."""
+    owner: str
+    id: int
+    counters: Counters              # as the last sample read them
+    marked: bool = False            # the kernel sends its inode's events to the owner
+
+
+@dataclass
 class _PendingFlush:
     ev: RawEvent
     seen: float
@@ -91,6 +100,8 @@ class Session:
         self.carry: dict[str, Counters] = {}     # key -> orphans' counters charged to it
         self.orphan_owner: OrderedDict = OrderedDict()   # (ORPHAN_SLOT, id) -> key
         self.orphans_waiting = 0                 # orphans left undecided by the last sample
+        self._deciding: dict[tuple[int, int], _Deciding] = {}   # orphan key -> its owner
+        self._pending: dict[str, Counters] = {}  # key -> its deciding orphans' counters
         self._orphan_errors: list[tuple[float, RawEvent]] = []
         self.instant_overlays = 0                # overlays known only from their mount event
         self.slotless: dict[str, _Watched] = {}  # ... those of them that got no slot
@@ -237,11 +248,12 @@ class Session:
             if now - since > RESOLVE_LATE:
                 del self._unnamed[key]
         for key, w in list(self.slotless.items()):
-            if now - w.gone_since > GONE_GRACE:
+            if now - w.gone_since > GONE_GRACE and key not in self._pending:
                 self.model.counters(now, {key: self.carry.pop(key, Counters())})
                 del self.slotless[key]
         for slot, w in list(self.watched.items()):
-            if w.gone_since is not None and now - w.gone_since > GONE_GRACE:
+            if w.gone_since is not None and now - w.gone_since > GONE_GRACE and \
+                    w.key not in self._pending:        # its orphans are carried first
                 final = self.probes.read_stats([slot])[slot] + self.carry.pop(w.key, Counters())
                 self.model.counters(now, {w.key: final})
                 self.probes.unwatch_overlay(w.dev, w.upper_dev, w.ov.upper_ino, w.ov.work_ino, slot)
@@ -309,17 +321,24 @@ class Session:
         the maps without the lock."""
         self._last_sample = time.monotonic()
         now = self.now()
-        self._take_orphans()
+        self._take_orphans(final)
         stats = self.probes.read_stats(list(self.watched))
-        counters = {self.watched[s].key: self._with_carry(self.watched[s].key, c)
+        counters = {self.watched[s].key: self._charged(self.watched[s].key, c)
                     for s, c in stats.items()}
         for key in self.slotless:
-            counters[key] = self._with_carry(key, Counters())
+            counters[key] = self._charged(key, Counters())
         return now, counters, self._dirty_now(), self._ready_flushes(final), self.self_stats()
 
     def _with_carry(self, key: str, c: Counters) -> Counters:
         carry = self.carry.get(key)
         return c + carry if carry is not None else c
+
+    def _charged(self, key: str, c: Counters) -> Counters:
+        """An owner's own counters, those of the orphans carried to it and
+        of those being decided."""
+        c = self._with_carry(key, c)
+        pending = self._pending.get(key)
+        return c + pending if pending is not None else c
 
     # ---- mounts as they happen ------------------------------------------------
     def _read_mount_events(self, events: list) -> tuple[list, list]:
@@ -450,24 +469,80 @@ class Session:
         self.model.gone(key, now)
 
     # ---- orphans ---------------------------------------------------------------
-    def _take_orphans(self) -> None:
+    def _take_orphans(self, final: bool = False) -> None:
         """Charge each orphan to the overlay whose upperdir or workdir is
         above it and whose mount began before it; one that no mount still
-        unknown can claim belongs to the rest of its upper fs.  Decided
-        orphans leave the map; their counters are carried from then on."""
-        orphans = self.probes.read_orphans()
+        unknown can claim belongs to the rest of its upper fs.
+
+        In two steps, so no event that lands between a read and the drop is
+        lost: a sample decides the owner and, if that owner has a slot,
+        tells the kernel to send the inode's events there from now on; the
+        next sample reads the orphan, frozen since, a last time, carries
+        its counters to the owner and drops it.  An owner without a slot
+        cannot take the events itself: its orphans stay until it is
+        forgotten (_owner_done).  Meanwhile an orphan's counters count for
+        its owner as pending."""
+        orphans = {o.key: o for o in self.probes.read_orphans()}
+        self._settle_decided(orphans, force=False)
+        self._decide(orphans)
+        if final:
+            self._settle_decided({o.key: o for o in self.probes.read_orphans()}, force=True)
+        pending: dict[str, Counters] = {}
+        for d in self._deciding.values():
+            pending[d.owner] = pending.get(d.owner, Counters()) + d.counters
+        self._pending = pending
+
+    def _settle_decided(self, orphans: dict, force: bool) -> None:
+        """Carry the orphans decided at an earlier sample whose counters
+        can no longer move (`orphans` is what the map holds now; those
+        settled leave it)."""
+        done = []
+        for k, d in list(self._deciding.items()):
+            o = orphans.get(k)
+            if o is None or o.id != d.id:
+                # pushed out of the LRU map: what the last read saw is all
+                # there is (an orphan made anew under the key is decided anew)
+                self.carry[d.owner] = self._with_carry(d.owner, d.counters)
+                del self._deciding[k]
+                if d.marked:
+                    done.append(k)
+                continue
+            del orphans[k]
+            if d.marked or force or self._owner_done(d.owner, o.counters == d.counters):
+                self.carry[d.owner] = self._with_carry(d.owner, o.counters)
+                del self._deciding[k]
+                done.append(k)
+            else:
+                d.counters = o.counters
+        self.probes.drop_orphans(done)
+
+    def _owner_done(self, owner: str, still: bool) -> bool:
+        """May an unmarked orphan be dropped?  An overlay without a slot
+        keeps its orphans until it is forgotten (its umount flush may write
+        them back late, and nothing else would take those bytes for it);
+        any other owner once their counters stood `still` for a sample."""
+        w = self.slotless.get(owner)
+        if w is None:
+            return still
+        return self.now() - w.gone_since > GONE_GRACE
+
+    def _decide(self, orphans: dict) -> None:
+        """Find the owners of the orphans not decided yet."""
         if not orphans:
             self.orphans_waiting = 0
             return
         dirs: dict[tuple[int, int], _Watched] = {}
+        slotted = set()
         for w in self._overlays():
+            if w.slot is not None:
+                slotted.add(w.key)
             if w.ov is not None and w.mounted_ns is not None:
                 for ino in (w.ov.upper_ino, w.ov.work_ino):
                     if ino:
                         dirs[(w.upper_dev, ino)] = w
         settled = self.settler.settled
-        done, waiting = [], 0
-        for o in orphans:
+        nobody, waiting, to_mark = [], 0, []
+        for o in orphans.values():
             owner = _claimant(o, dirs)
             if owner is None and o.seq > settled:
                 waiting += 1                  # a mount not yet known may own it
@@ -475,12 +550,17 @@ class Session:
             if owner is None:
                 fs = self.upper.get(o.dev)
                 owner = fs.key if fs is not None else None
-            if owner is not None:
-                self.carry[owner] = self._with_carry(owner, o.counters)
-                put_bounded(self.orphan_owner, (bpfdefs.ORPHAN_SLOT, o.id), owner,
-                            ORPHAN_OWNERS_KEPT)
-            done.append(o.key)
-        self.probes.drop_orphans(done)
+            if owner is None:
+                nobody.append(o.key)
+                continue
+            put_bounded(self.orphan_owner, (bpfdefs.ORPHAN_SLOT, o.id), owner,
+                        ORPHAN_OWNERS_KEPT)
+            self._deciding[o.key] = _Deciding(owner, o.id, o.counters)
+            if owner in slotted:
+                to_mark.append(o.key)
+        for k in self.probes.mark_orphans_decided(to_mark):
+            self._deciding[k].marked = True
+        self.probes.drop_orphans(nobody)
         self.orphans_waiting = waiting
 
     def _key_of(self, slot: int, gen: int) -> str | None:

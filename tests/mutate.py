@@ -83,6 +83,13 @@ MUTANTS = [
     Mutant("an orphan no overlay claims is dropped", "ovltrace/session.py",
            "owner = fs.key if fs is not None else None", "owner = None",
            ["tests/test_live_instant.py::test_host_writes_beside_instant_mounts_stay_the_upper_fs"]),
+    Mutant("the kernel adds to an orphan after userspace decided it", "bpf/ovltrace.bpf.c",
+           "\tif (orphans_decided.lookup(&k))\n\t\treturn 0;\n", "",
+           ["tests/test_live_instant.py::test_an_orphan_decided_stops_growing_before_it_is_dropped"]),
+    Mutant("a slotless overlay's orphans dropped once they stand still", "ovltrace/session.py",
+           "        if w is None:\n            return still", "        if True:\n            return still",
+           ["tests/test_live_instant.py::"
+            "test_an_overlay_without_a_slot_keeps_its_orphans_until_it_is_forgotten"]),
     Mutant("an orphan charged to an overlay mounted after it", "ovltrace/session.py",
            "w.mounted_ns <= o.first_ns", "w.mounted_ns is not None",
            ["tests/test_mountevents.py"]),

@@ -55,19 +55,22 @@ scrape_configs:
         # read-only and the others stop
         mix = demo.DemoSetup(setup.sandbox, overlays=setup.overlays[:4])
         demo.start_workload(mix, syncfs_interval=0.2)
-        wait_for(lambda: query_exporter(exp_port, "ovltrace_flush_others_stall_seconds_total") > 0.05,
+        wait_for(lambda: query_exporter(exp_port, "ovltrace_flush_others_stall_seconds_total") > 0,
                  60, "the syncer's flushes stalling on others' data")
         # dirty inodes live between the syncer's flushes (0.2 s): let
         # Prometheus see some before the error writer makes ext4 read-only
-        wait_for(lambda: query(url, "max_over_time(ovltrace_overlay_dirty_inodes[1m]) > 0"), 60,
+        wait_for(lambda: query(url, "max_over_time(ovltrace_overlay_dirty_inodes[2m]) > 0"), 120,
                  "a scrape with dirty inodes")
-        workloads.error_writer(setup.sandbox, setup.overlays[4], total_mb=400)
+        workloads.error_writer(setup.sandbox, setup.overlays[4], total_mb=400,
+                               chunk_kb=64, hole_kb=4)
         # enough scrapes for rates, the copy-up, flushes stalling others,
         # the error writer filling the upper fs, and a leak to the syncer
-        wait_for(lambda: query(url, "ovltrace_error_leaks_total")
-                 and query(url, "ovltrace_overlay_copy_ups_total > 0")
-                 and query(url, "ovltrace_interference_written_back_bytes_total > 0"), 90,
-                 "leaks, copy-ups and interference in Prometheus")
+        # (one wait each, so a failure names what never came)
+        for q, what in (("ovltrace_overlay_copy_ups_total > 0", "a copy-up"),
+                        ("ovltrace_interference_written_back_bytes_total > 0", "interference"),
+                        ("ovltrace_overlay_writeback_errors_total > 0", "a writeback error"),
+                        ("ovltrace_error_leaks_total", "an error leak")):
+            wait_for(lambda q=q: query(url, q), 90, f"{what} in Prometheus")
         time.sleep(6)          # a few more samples for rate() windows
         yield {"prom": url, "exporter": f"http://127.0.0.1:{exp_port}", "trace": trace}
     finally:
