@@ -52,7 +52,7 @@ MUTANTS = [
            ["tests/test_live_core.py::test_syncfs_interference",
             "tests/test_one_truth_live.py"]),
     Mutant("two containers' bytes swapped", "ovltrace/session.py",
-           "counters = {self.watched[s].key: self._with_carry(self.watched[s].key, c)\n"
+           "counters = {self.watched[s].key: self._charged(self.watched[s].key, c)\n"
            "                    for s, c in stats.items()}",
            "counters = dict(zip([self.watched[s].key for s in stats][::-1], stats.values()))",
            ["tests/test_live_core.py::test_attribution_three_overlays"]),
