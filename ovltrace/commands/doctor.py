@@ -35,11 +35,14 @@ def overlay_state(sys: str = "/sys") -> str:
 
 def syncfs_errors(release: tuple[int, int]) -> str:
     """Whether syncfs(2) on an overlay returns the upper fs's writeback
-    errors: only since 5.17 (commit 5679897eb104: sync_filesystem returns
-    what ->sync_fs says, and overlayfs' sync_fs passes the upper's on)."""
+    errors: since 5.17 (commit 5679897eb104: sync_filesystem returns what
+    ->sync_fs says, and overlayfs' sync_fs passes the upper's on); before,
+    only where the stable kernel carries that change (Debian's 5.10.262
+    does, its earlier 5.10 builds did not), which the version cannot tell."""
     if release >= (5, 17):
         return "possible: an overlay's syncfs returns any container's errors"
-    return "none before 5.17: an overlay's syncfs returns no errors (losses are silent)"
+    return ("before 5.17 only if this stable kernel carries commit 5679897eb104: "
+            "else an overlay's syncfs returns no errors (losses are silent)")
 
 
 def facts(btf: str | None = None) -> list[tuple[str, str, bool]]:
