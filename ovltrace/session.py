@@ -532,10 +532,7 @@ class Session:
             self.orphans_waiting = 0
             return
         dirs: dict[tuple[int, int], _Watched] = {}
-        slotted = set()
         for w in self._overlays():
-            if w.slot is not None:
-                slotted.add(w.key)
             if w.ov is not None and w.mounted_ns is not None:
                 for ino in (w.ov.upper_ino, w.ov.work_ino):
                     if ino:
@@ -556,7 +553,7 @@ class Session:
             put_bounded(self.orphan_owner, (bpfdefs.ORPHAN_SLOT, o.id), owner,
                         ORPHAN_OWNERS_KEPT)
             self._deciding[o.key] = _Deciding(owner, o.id, o.counters)
-            if owner in slotted:
+            if owner not in self.slotless:     # it has a slot to take the events
                 to_mark.append(o.key)
         for k in self.probes.mark_orphans_decided(to_mark):
             self._deciding[k].marked = True
