@@ -226,6 +226,12 @@ class Neighbour:
     bytes: int = 0
     seconds: float = 0.0
     events: int = 0              # lifecycle flushes that wrote its data back
+    callers: set[str] = field(default_factory=set)    # overlays whose start/stop paid
+    runtimes: set[str] = field(default_factory=set)
+    steps: set[str] = field(default_factory=set)
+    # what those callers' start/stop flushes spent on all neighbours' data:
+    # the whole from which this neighbour's share is taken
+    callers_others_seconds: float = 0.0
 
 
 @dataclass
@@ -262,12 +268,19 @@ def lifecycle_event(f: Flush, metas: dict[str, OverlayMeta]) -> LifecycleEvent |
 def lifecycle(flushes: list[Flush], metas: dict[str, OverlayMeta]) -> Lifecycle:
     events = [e for f in flushes if (e := lifecycle_event(f, metas)) is not None]
     by: dict[str, Neighbour] = {}
+    spent: dict[str, float] = {}
     for e in events:
+        spent[e.key] = spent.get(e.key, 0.0) + e.others_seconds
         for s in e.others:
             n = by.get(s.victim) or by.setdefault(s.victim, Neighbour(s.victim))
             n.bytes += s.bytes
             n.seconds += s.seconds
             n.events += 1
+            n.callers.add(e.key)
+            n.runtimes.add(e.runtime)
+            n.steps.add(e.step)
+    for n in by.values():
+        n.callers_others_seconds = sum(spent[k] for k in n.callers)
     return Lifecycle(events, sorted(by.values(), key=lambda n: (-n.seconds, -n.bytes, n.key)))
 
 

@@ -102,6 +102,9 @@ Examples:
   ovltrace audit --from rec.jsonl.gz -o report.html     # offline HTML page
   ovltrace audit --from rec.jsonl.gz --format markdown
   ovltrace audit -d 1m --fail-on 'leak,silent-loss,stall>2s'  # CI gate
+  ovltrace audit --prometheus http://prom:9090 --range 24h  # the fleet
+  ovltrace audit --prometheus http://prom:9090 --range 7d \\
+      --selector '{cluster="prod"}' --fail-on leak,silent-loss
 
 \b
 Exit status: 0 ok, 1 error, 2 bad usage; with --fail-on, the sum of
@@ -119,17 +122,74 @@ Exit status: 0 ok, 1 error, 2 bad usage; with --fail-on, the sum of
 @overlay_option
 @btf_option
 @ebpf_option
+@click.option("--prometheus", "prom_url", metavar="URL",
+              help="Fleet report: read every node's exporter series from this Prometheus "
+                   "(or Thanos/Mimir/Cortex) instead of tracing.")
+@click.option("--range", "range_", type=Duration(), default="24h", show_default=True,
+              help="With --prometheus: the window, ending at --end (30m, 24h, 7d).")
+@click.option("--end", "end", metavar="TIME", callback=lambda c, p, v: _check_time(v),
+              help="With --prometheus: the window's end, Unix seconds or "
+                   "YYYY-MM-DDTHH:MM:SSZ [default: now].")
+@click.option("--selector", metavar="'{...}'",
+              help="With --prometheus: label matchers added to every query, e.g. "
+                   "'{cluster=\"prod\"}'.")
+@click.option("--node-label", default="node", show_default=True,
+              help="With --prometheus: the label naming a node (falls back to instance).")
+@click.option("--bearer-token-file", metavar="FILE", help="With --prometheus: send this token.")
+@click.option("--basic-auth-user", metavar="USER", help="With --prometheus: basic auth user.")
+@click.option("--basic-auth-password-file", metavar="FILE",
+              help="With --prometheus: basic auth password, read from FILE.")
+@click.option("--ca-file", metavar="FILE", help="With --prometheus: CA to verify the server.")
+@click.option("--cert-file", metavar="FILE", help="With --prometheus: client certificate.")
+@click.option("--key-file", metavar="FILE", help="With --prometheus: the certificate's key.")
+@click.option("--insecure-skip-verify", is_flag=True,
+              help="With --prometheus: do not verify the server's certificate.")
 @click.pass_context
-def audit(ctx, duration, fmt, output, fail_on, source, overlays, btf, ebpf):
+def audit(ctx, duration, fmt, output, fail_on, source, overlays, btf, ebpf, prom_url, range_,
+          end, selector, node_label, bearer_token_file, basic_auth_user,
+          basic_auth_password_file, ca_file, cert_file, key_file, insecure_skip_verify):
     """Trace for a while, then report per container: dirtying, writeback,
     copy-ups, flushes (syncfs, sync, umount) and whose data they wrote back,
     writeback errors, error leaks and silent data loss; findings with advice,
-    and what cgroup accounting charged beside it."""
+    and what cgroup accounting charged beside it.  With --prometheus, the
+    same findings for every node the exporters run on, by workload."""
     if ebpf:
         print_ebpf(btf)
         return
+    if prom_url:
+        clash = [o for o, v in (("--from", source), ("--overlay", overlays), ("--btf", btf))
+                 if v]
+        src = ctx.get_parameter_source("duration")
+        if src is not None and src.name != "DEFAULT":
+            clash.append("--duration")
+        if clash:
+            raise click.UsageError(f"--prometheus reads a window from Prometheus: "
+                                   f"{', '.join(clash)} does not apply (use --range)")
+        from .commands.audit import run_fleet_audit
+        from .prometheus import Auth
+        auth = Auth(bearer_token_file, basic_auth_user, basic_auth_password_file, ca_file,
+                    cert_file, key_file, insecure_skip_verify)
+        sys.exit(run_fleet_audit(prom_url, range_, end, selector, node_label, auth, fmt,
+                                 output, fail_on))
     from .commands.audit import run_audit
     sys.exit(run_audit(options(ctx, btf, overlays), duration, fmt, source, output, fail_on))
+
+
+def _check_time(value):
+    """--end: Unix seconds or an ISO 8601 UTC time -> Unix seconds."""
+    if value is None:
+        return None
+    import calendar
+    import time
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return float(calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give Unix seconds or "
+                                 "YYYY-MM-DDTHH:MM:SSZ") from None
 
 
 def _check_fail_on(value):

@@ -62,16 +62,17 @@ def errno_name(e: int) -> str:
     return _errno.errorcode.get(abs(e), str(abs(e)))
 
 
-DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
 def parse_duration(text: str) -> float:
-    """'10s', '500ms', '2m', '1h', '3' (seconds) -> seconds; ValueError
+    """'10s', '500ms', '2m', '1h', '7d', '3' (seconds) -> seconds; ValueError
     with a one-line reason otherwise."""
     m = DURATION_RE.match(text or "")
     if not m:
         raise ValueError(f"{text!r} is not a duration (examples: 10s, 500ms, 2m, 1h)")
-    value = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    value = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400,
+                                  None: 1}[m.group(2)]
     if value <= 0:
         raise ValueError("the duration must be more than zero")
     return value

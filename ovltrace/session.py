@@ -77,6 +77,7 @@ class Session:
         self._hooks = hooks              # only these hooks (tests); None: all
         self._hook_mode = hook_mode      # probes.HOOK_MODES
         self.probes: Probes | None = None
+        self.attached = False            # start() done: self.model is the one that counts
         self.mounts = MountWatcher()
         self.t0 = time.monotonic()
         self.model = Model(0.0)
@@ -132,6 +133,7 @@ class Session:
         self._apply(overlays, [])
         self._last_refresh = time.monotonic()
         self._watch_mount_table()
+        self.attached = True
 
     def _watch_mount_table(self) -> None:
         """The kernel flags /proc/self/mountinfo (POLLPRI) when this

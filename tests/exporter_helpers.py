@@ -90,8 +90,12 @@ def start_prometheus(config: Path, storage: str, port: int) -> tuple[subprocess.
          f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"prometheus exited {proc.returncode}: {proc.stderr.read()}")
+        return get(f"{url}/-/ready")
     try:
-        wait_for(lambda: get(f"{url}/-/ready"), 60, "prometheus ready")
+        wait_for(ready, 60, "prometheus ready")
     except BaseException:
         proc.terminate()
         proc.wait(30)

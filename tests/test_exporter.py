@@ -70,7 +70,8 @@ def test_exposition_is_prometheus_clients_byte_for_byte():
     texts = []
     for gen in (generate_latest, render):
         reg = CollectorRegistry(auto_describe=False)
-        reg.register(OverlayCollector(lambda: m, config=ExporterConfig(), clock=lambda: 50.0))
+        reg.register(OverlayCollector(lambda: m, config=ExporterConfig(), clock=lambda: 50.0,
+                                      wallclock=lambda: 1.8e9))
         texts.append(gen(reg))
     assert texts[0] == texts[1]
     assert b'\\"' in texts[1]          # a quote in a label value, escaped

@@ -62,6 +62,29 @@ def run_audit(opts: TraceOptions, duration: float, fmt: str | None, source: str 
     return report_and_gate(model, extras, fmt, output, gates)
 
 
+def run_fleet_audit(url: str, range_seconds: float, end: float | None, selector: str | None,
+                    node_label: str, auth, fmt: str | None, output: str | None,
+                    fail_on: str | None) -> int:
+    """`ovltrace audit --prometheus`: the fleet report (report/fleet.py)."""
+    import time
+
+    from ..fleet import collect
+    from ..prometheus import Prometheus
+    from ..report.fleet import build_fleet_report, fleet_gates
+    from ..report.fleetview import render_fleet
+    gates = parse_fail_on(fail_on)
+    fmt = format_for(fmt, output)
+    prom = Prometheus(url, auth)
+    figs = collect(prom, range_seconds, end if end is not None else time.time(), selector,
+                   node_label, stall_buckets="stall" in gates)
+    rep = build_fleet_report(figs, gates)
+    emit(render_fleet(rep, fmt), output)
+    code, why = fleet_gates(rep, gates)
+    for line in why:
+        say(f"fail-on {line}")
+    return code
+
+
 def run_record(opts: TraceOptions, output: str, duration: float | None) -> int:
     """`ovltrace record`: every record the model gets, to a file."""
     from ..recording import RecordingWriter

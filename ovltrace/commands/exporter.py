@@ -192,7 +192,9 @@ def run_exporter(opts: TraceOptions, listen: str, telemetry_path: str, config: E
         # the model forgets what ended well after the series expired
         with BpfStatsSwitch(bpf_stats), \
                 tracing(opts, retention=config.gone_ttl + 60) as (session, stopper):
-            collector = OverlayCollector(lambda: session.model, session.lock, config,
+            # nothing is served before the probes attach (start() replaces the model)
+            collector = OverlayCollector(lambda: session.model if session.attached else None,
+                                         session.lock, config,
                                          bpf_programs=session.program_stats)
             registry.register(collector)
             server.set_app(web_app(registry, telemetry_path, healthy, web))

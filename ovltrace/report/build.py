@@ -147,7 +147,10 @@ def _lifecycle(snap: Snapshot, a: analysis.Analysis) -> dict:
         "stall_seconds": round(lc.stall_seconds, 6),
         "others_seconds": round(lc.others_seconds, 6),
         "neighbours": [{"name": name(n.key), "bytes": n.bytes, "seconds": round(n.seconds, 6),
-                        "events": n.events} for n in lc.neighbours],
+                        "events": n.events, "paid_by": sorted({name(k) for k in n.callers}),
+                        "runtimes": sorted(n.runtimes), "steps": sorted(n.steps),
+                        "paid_by_others_seconds": round(n.callers_others_seconds, 6)}
+                       for n in lc.neighbours],
     }
 
 

@@ -43,18 +43,17 @@ STEP_WORDS = {"create": "start", "unpack": "image unpack", "stop": "stop"}
 def _lifecycle_findings(lc: dict) -> list[dict]:
     """One finding per neighbour whose dirty data container starts and
     stops paid for (not one per flush), with each runtime's own switch;
-    and why volatile starts and stops paid nothing."""
+    and why volatile starts and stops paid nothing.  Reads only each
+    neighbour's totals, which the fleet report gets from Prometheus too."""
     out = []
     events = lc.get("events", [])
     for n in lc.get("neighbours", []):
-        paid = [e for e in events if any(o["name"] == n["name"] for o in e["others"])]
-        if (n["seconds"] < STALL_NOTICE and n["bytes"] < LIFECYCLE_BYTES) or not paid:
+        if (n["seconds"] < STALL_NOTICE and n["bytes"] < LIFECYCLE_BYTES) or not n["events"]:
             continue
-        steps = sorted({STEP_WORDS.get(e["step"], e["step"]) for e in paid})
-        runtimes = sorted({e["runtime"] for e in paid})
-        who = sorted({e["container"] for e in paid})
-        total = sum(e["others_seconds"] for e in paid)
-        share = n["seconds"] / total if total else 1.0
+        steps = sorted({STEP_WORDS.get(s, s) for s in n["steps"]})
+        runtimes, who = n["runtimes"], n["paid_by"]
+        total = n["paid_by_others_seconds"]
+        share = min(1.0, n["seconds"] / total) if total else 1.0
         advice = [RUNTIME_ADVICE[r] for r in runtimes if r in RUNTIME_ADVICE]
         advice.append(f"{n['name']} should write its data back steadily (fsync, or a lower "
                       "dirty limit through its memory limit) or write it to a volume, so "
@@ -62,7 +61,7 @@ def _lifecycle_findings(lc: dict) -> list[dict]:
         out.append(_f(
             "lifecycle-paid-for-neighbour", "warning" if n["seconds"] >= 1 else "info",
             who + [n["name"]],
-            f"{len(paid)} container {'/'.join(steps)}{'s' if len(paid) > 1 else ''} paid "
+            f"{n['events']} container {'/'.join(steps)}{'s' if n['events'] > 1 else ''} paid "
             f"{human_seconds(n['seconds'])} writing back {n['name']}'s data",
             f"{', '.join(who[:5])}{' and others' if len(who) > 5 else ''} "
             f"({', '.join(runtimes)}) unmounted an overlay while starting or stopping, which "
@@ -70,8 +69,8 @@ def _lifecycle_findings(lc: dict) -> list[dict]:
             f"{human_seconds(n['seconds'])} of their wait ({share:.0%} of what they paid for "
             f"others' data).",
             "; ".join(advice) + ".",
-            neighbour=n["name"], events=len(paid), bytes=n["bytes"], seconds=n["seconds"],
-            runtimes=runtimes, steps=sorted({e["step"] for e in paid})))
+            neighbour=n["name"], events=n["events"], bytes=n["bytes"], seconds=n["seconds"],
+            runtimes=runtimes, steps=n["steps"]))
     volatile = [e for e in events if e["volatile"]]
     if volatile:
         names = sorted({e["container"] for e in volatile})
@@ -136,15 +135,16 @@ def findings(report: dict) -> list[dict]:
         callers = sorted({f["caller"] for f in other})
         secs = sum(f["duration_seconds"] for f in other)
         nbytes = sum(f["others_bytes"] for f in other)
+        n = sum(f.get("flushes", 1) for f in other)     # the fleet's rows are per caller
         out.append(_f(
             "umount-flushed-others", "info", callers,
-            f"{len(other)} unmount{'s' if len(other) > 1 else ''} flushed other containers' data",
+            f"{n} unmount{'s' if n > 1 else ''} flushed other containers' data",
             f"unmounting {', '.join(callers[:5])}{' and others' if len(callers) > 5 else ''} "
             f"took {human_seconds(secs)} and wrote back {human_bytes(nbytes)} of other "
             "containers' data.",
             "Unmounting an overlay syncs the whole upper fs; a volatile overlay skips that when "
             "its data is disposable.",
-            unmounts=len(other), duration_seconds=round(secs, 6), others_bytes=nbytes))
+            unmounts=n, duration_seconds=round(secs, 6), others_bytes=nbytes))
 
     # Errors handed to the wrong container.
     for leak in report.get("leaks", []):
@@ -157,19 +157,23 @@ def findings(report: dict) -> list[dict]:
             f"Don't treat {leak['victim']}'s error as its own data loss; check {leak['source']}, "
             f"whose data was lost. Containers whose errors must not mix need separate upper "
             f"filesystems.",
-            victim=leak["victim"], source=leak["source"], errno=leak["errno"]))
+            victim=leak["victim"], source=leak["source"], errno=leak["errno"],
+            count=leak.get("count", 1)))
 
     for e in report.get("errors_by_container", []):
         if e["silent_loss"]:
             paths = [i["path"] for i in e["inodes"] if i.get("path")]
+            # (the fleet report knows counts, not inodes)
+            where = f" on {len(e['inodes'])} inode(s)" if e["inodes"] else ""
             out.append(_f(
                 "silent-data-loss", "critical", [e["name"]],
                 f"{e['name']} lost data and was never told",
-                f"{e['writeback_errors']} writeback errors on {len(e['inodes'])} inode(s)"
+                f"{e['writeback_errors']} writeback errors{where}"
                 + (f" (e.g. {paths[0]})" if paths else "") + "; no syncfs/fsync of it returned "
                 "an error.",
                 f"{e['name']} must fsync() files it cares about and check the result; the "
-                "files listed are corrupt or incomplete on disk.",
+                + ("files listed are" if e["inodes"] else "files it wrote since its last good "
+                   "fsync may be") + " corrupt or incomplete on disk.",
                 writeback_errors=e["writeback_errors"], inodes=len(e["inodes"]), paths=paths[:10]))
 
     # Neighbours of an error-prone container.

@@ -87,8 +87,9 @@ class OverlayCollector:
     run_cnt, recursion_misses)}), read outside the lock."""
 
     def __init__(self, model_source, lock=None, config: ExporterConfig | None = None,
-                 clock=time.monotonic, bpf_programs=None):
+                 clock=time.monotonic, bpf_programs=None, wallclock=time.time):
         self.model_source = model_source
+        self.wallclock = wallclock
         self.lock = lock or threading.RLock()
         self.config = config or ExporterConfig()
         self.clock = clock
@@ -98,6 +99,8 @@ class OverlayCollector:
         self.last_collect_seconds = 0.0
 
     def _reset(self, model) -> None:
+        if getattr(self, "_model_id", None) is not None or not hasattr(self, "started"):
+            self.started = self.wallclock()   # every counter restarts from 0: readers see it change
         self._model_id = id(model) if model is not None else None
         self._cursor = Cursor()
         self.seen: dict[str, _Seen] = {}
@@ -111,9 +114,10 @@ class OverlayCollector:
         self.hist: dict[tuple, list] = {}                    # (caller ls, kind) -> [buckets, sum, count]
         self.flush_err: dict[tuple, int] = {}                # (caller ls, kind, errno)
         self.others: dict[tuple, list] = {}                  # (caller ls, kind) -> [bytes, seconds]
+        self.own: dict[tuple, int] = {}                      # (caller ls, kind) -> own bytes
         self.lc_hist: dict[tuple, list] = {}                 # (runtime, step) -> [buckets, sum, count]
         self.lc_others: dict[tuple, list] = {}               # (runtime, step) -> [bytes, seconds]
-        self.matrix: dict[tuple, list] = {}                  # (caller ls, victim ls, kind) -> [b, s, n]
+        self.matrix: dict[tuple, list] = {}                  # (caller, victim, dev, kind, runtime, step) -> [b, s, n]
         self.leaks: dict[tuple, int] = {}                    # (victim ls, source ls, errno)
         self.failed_first: dict[str, float] = {}             # key -> first wb error t
         self.extra_callers: set[tuple] = set()               # non-overlay caller labelsets
@@ -321,16 +325,21 @@ class OverlayCollector:
         if f.ret < 0:
             ek = (caller, f.kind, errno_name(f.ret))
             self.flush_err[ek] = self.flush_err.get(ek, 0) + 1
+        own = sum(s.bytes for s in analysis.shares(f) if s.victim == key)
+        if own:
+            self.own[hk] = self.own.get(hk, 0) + own
         others = analysis.others_shares(f, key, self.metas)
         if not others:
             return
+        # a container start/stop says so on its pairs (the fleet report's lifecycle)
+        lk = (label(lc.runtime), lc.step) if lc is not None else ("", "")
         o = self.others.setdefault(hk, [0, 0.0])
         o[0] += sum(s.bytes for s in others)
         o[1] += sum(s.seconds for s in others)
         caller_pair = self._pair_part(caller[:-1]) + (caller[-1],)
         for s in others:
             _cp, vp = self._pair(caller[:-1], self.labelset(s.victim))
-            mk = (caller_pair, vp, self._device(self.metas[s.victim].upper_dev), f.kind)
+            mk = (caller_pair, vp, self._device(self.metas[s.victim].upper_dev), f.kind) + lk
             m = self.matrix.get(mk)
             if m is None:
                 m = self.matrix[mk] = [0, 0.0, 0]
@@ -374,7 +383,7 @@ class OverlayCollector:
         for d in (self.wb_err, self.returned):
             for k in [k for k in d if k[0] == ls]:
                 del d[k]
-        for d in (self.hist, self.flush_err, self.others):
+        for d in (self.hist, self.flush_err, self.others, self.own):
             for k in [k for k in d if k[0][:-1] == ls]:
                 del d[k]
         for k in [k for k in self.matrix if k[0][:-1] == pp or k[1] == pp]:
@@ -491,16 +500,19 @@ class OverlayCollector:
         for (caller, kind), (b, secs) in sorted(self.others.items()):
             out.add(fb, list(caller) + [kind], b)
             out.add(fs, list(caller) + [kind], secs)
+        fo = fam("ovltrace_flush_own_written_back_bytes_total", cl)
+        for (caller, kind), b in sorted(self.own.items()):
+            out.add(fo, list(caller) + [kind], b)
 
         # the interference matrix and error leaks
         pl = [l for l in PAIR_LABELS if l in labels]
         ml = ([f"caller_{l}" for l in pl] + ["caller_comm"] + [f"victim_{l}" for l in pl]
-              + ["device", "kind"])
+              + ["device", "kind", "runtime", "step"])
         mb = fam("ovltrace_interference_written_back_bytes_total", ml)
         ms = fam("ovltrace_interference_stall_seconds_total", ml)
         mn = fam("ovltrace_interference_flushes_total", ml)
-        for (c, v, dev, kind), (b, secs, n) in sorted(self.matrix.items(), key=lambda kv: -kv[1][0]):
-            lv = list(c) + list(v) + [dev, kind]
+        for (c, v, *rest), (b, secs, n) in sorted(self.matrix.items(), key=lambda kv: -kv[1][0]):
+            lv = list(c) + list(v) + rest
             out.add(mb, lv, b)
             out.add(ms, lv, secs)
             out.add(mn, lv, n)
@@ -518,6 +530,8 @@ class OverlayCollector:
     def _self_families(self, view: Delta | None, fam) -> None:
         out = fam.budget
         st = view.self_stats if view else {}
+        f = fam("ovltrace_exporter_start_time_seconds", [])
+        out.add(f, [], self.started, force=True)
         f = fam("ovltrace_exporter_hook_info", ["hook", "mechanism"])
         for hk in (view.hooks if view else []):
             out.add(f, [hk.get("name", "?"), hk.get("mechanism") or "none"], 1, force=True)

@@ -56,6 +56,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "counter", "The share of a caller's flush time that other overlays' data explains "
                    "(a flush's duration split by the bytes it wrote back): what ovltrace "
                    "audit calls waited_on_others_seconds."),
+    "ovltrace_flush_own_written_back_bytes_total": (
+        "counter", "Bytes of the caller's own overlay's data its flushes wrote back."),
     "ovltrace_lifecycle_flush_duration_seconds": (
         "histogram", "Duration of the flushes container starts and stops caused (the unmount "
                      "of a container's root, or of a runtime's helper mount while creating "
@@ -65,7 +67,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "ovltrace_lifecycle_others_stall_seconds_total": (
         "counter", "The share of those flushes' time that other containers' data explains."),
     "ovltrace_interference_written_back_bytes_total": (
-        "counter", "Bytes of the victim's data written back by the caller's flushes."),
+        "counter", "Bytes of the victim's data written back by the caller's flushes "
+                   "(runtime and step are set when the flush was a container start or stop)."),
     "ovltrace_interference_stall_seconds_total": (
         "counter", "The share of the caller's flush time that the victim's data explains "
                    "(duration x victim's bytes / all bytes the flush wrote back); the "
@@ -84,6 +87,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "ovltrace_upperfs_overlays": (
         "gauge", "Overlays mounted on this upper filesystem."),
     # -- the exporter itself
+    "ovltrace_exporter_start_time_seconds": (
+        "gauge", "When the exporter started (Unix seconds): every counter starts from 0 then."),
     "ovltrace_exporter_hook_info": (
         "gauge", "Which kernel mechanism each hook uses (mechanism=\"none\": unavailable)."),
     "ovltrace_exporter_dropped_events_total": (
