@@ -71,19 +71,22 @@ def party_name(labels: dict, prefix: str = "") -> str:
     return c or labels.get(prefix + "comm", "") or "-"
 
 
-_POD_HASH = re.compile(r"-[a-z0-9]{5}$")          # the pod's own suffix
-_RS_HASH = re.compile(r"-[bcdfghjklmnpqrstvwxz2456789]{6,10}$")   # a ReplicaSet's hash
-_ORDINAL = re.compile(r"-\d+$")                    # a StatefulSet's ordinal
+# Kubernetes names pods from their owner with this alphabet (no vowels, no
+# 0, 1, 3): <deployment>-<replicaset hash>-<5>, <daemonset or job>-<5>,
+# <statefulset>-<ordinal>
+_K8S = "[bcdfghjklmnpqrstvwxz2456789]"
+_OWNERS = (re.compile(rf"^(.+)-{_K8S}{{6,10}}-{_K8S}{{5}}$"), re.compile(r"^(.+)-\d{1,4}$"),
+           re.compile(rf"^(.+)-{_K8S}{{5}}$"))
 
 
 def workload_name(labels: dict, prefix: str = "") -> str:
     """What a party is across nodes: namespace/owner/container for a pod
-    (the owner guessed from the pod name, as Deployments, DaemonSets and
-    StatefulSets name pods), else the container name or process."""
+    (the owner read from the pod's name, as Deployments, DaemonSets and
+    StatefulSets name their pods), else the container name or process."""
     pod = labels.get(prefix + "pod", "")
     if not pod:
         return party_name(labels, prefix)
-    owner = _ORDINAL.sub("", pod) if _ORDINAL.search(pod) else _RS_HASH.sub("", _POD_HASH.sub("", pod))
+    owner = next((m.group(1) for r in _OWNERS if (m := r.match(pod))), pod)
     ns, c = labels.get(prefix + "namespace", ""), labels.get(prefix + "container", "")
     return f"{ns}/{owner}/{c}" if ns else f"{owner}/{c}"
 

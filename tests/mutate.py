@@ -121,6 +121,18 @@ MUTANTS = [
            '"VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,',
            '"VerifyClientCertIfGiven": ssl.CERT_NONE,',
            ["tests/test_exporter_secure_live.py::test_tls_and_basic_auth_with_a_real_prometheus"]),
+    Mutant("the fleet window uses increase()", "ovltrace/fleet.py",
+           'return f"sum by ({\', \'.join(by)}) ({per_series})"',
+           'return f"sum by ({\', \'.join(by)}) (increase({m}[{rng}]))"',
+           ["tests/test_fleet_backfill.py::test_window_deltas_are_exact"]),
+    Mutant("the fleet's silent loss ignores errors handed back", "ovltrace/report/fleet.py",
+           '"silent_loss": bool(o["writeback_errors"]) and not returned.get(name)})',
+           '"silent_loss": bool(o["writeback_errors"])})',
+           ["tests/test_fleet_live.py::test_a_later_window_sees_that_b_was_told"]),
+    Mutant("the fleet merges a workload's nodes away", "ovltrace/report/fleet.py",
+           'g["nodes"].append(f["node"])',
+           'g["nodes"] = [f["node"]]',
+           ["tests/test_fleet_backfill.py::test_workloads_gather_across_nodes"]),
 ]
 
 

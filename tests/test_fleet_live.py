@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from conftest import ROOT, Trace, free_port, write_file
@@ -151,6 +152,8 @@ def local_report(run: dict) -> dict:
 
 def test_the_report_names_the_right_workloads_on_the_right_nodes(fleet_run):
     rep = report(fleet_run, end=fleet_run["end_before_fsync"])
+    jsonschema.Draft202012Validator(
+        json.loads((ROOT / "ovltrace/schema/fleet-v1.json").read_text())).validate(rep)
     assert sorted(n["node"] for n in rep["nodes"]) == ["n1", "n2", "n3"]
     n1 = rep["node_reports"]["n1"]
     # the bytes each workload wrote, no more, no less

@@ -20,7 +20,8 @@ def sections(rep: dict, width: int) -> list[tuple[str, list[str], list[list]]]:
     """(title, headers, rows) for the text formats."""
     c = (lambda s: cut(visible(s), width)) if width else visible
     out = []
-    out.append(("Nodes (STALL = the time flushes there spent on other containers' data)",
+    out.append(("Nodes (CTRS = containers with data or errors in the window, STALL = the "
+                "time flushes there spent on other containers' data)",
                 ["NODE", "CTRS", "FLUSHES", "OTHERS'", "STALL", "LEAKS", "LOSSES", "FINDINGS"],
                 [[c(n["node"]) + ("*" if n["restarted"] else ""), n["containers"], n["flushes"],
                   human_bytes(n["others_bytes_flushed"]), human_seconds(n["stall_seconds"]),
@@ -63,9 +64,17 @@ def sections(rep: dict, width: int) -> list[tuple[str, list[str], list[list]]]:
     return out
 
 
+def span(seconds: float) -> str:
+    """A window as people say it: 90s, 45m, 24h, 7d."""
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{int(seconds // n)}{unit}"
+    return f"{seconds:g}s"
+
+
 def _header(rep: dict) -> str:
     s = rep["source"]
-    return (f"{human_seconds(s['range_seconds'])} to {s['end_utc']}, {len(rep['nodes'])} nodes, "
+    return (f"{span(s['range_seconds'])} to {s['end_utc']}, {len(rep['nodes'])} nodes, "
             f"{len(rep['workloads'])} workloads involved; from {s['prometheus']}"
             + (f" {s['selector']}" if s["selector"] else "")
             + f" ({s['queries']} queries, {s['series']} series)")
