@@ -26,16 +26,18 @@ from .prometheus import Prometheus
 # the labels a party is told by (the exporter's pair families carry these)
 PARTY = ("container", "pod", "namespace")
 
-# (name in NodeFigures, metric, extra grouping labels)
+CALLER = PARTY + ("comm", "kind")
+PAIR = (tuple(f"caller_{l}" for l in PARTY) + ("caller_comm",)
+        + tuple(f"victim_{l}" for l in PARTY) + ("kind", "runtime", "step"))
+
+# (name in NodeFigures, metric, grouping labels besides the node's)
 QUERIES = (
-    ("flushes", "ovltrace_flush_duration_seconds_count", PARTY + ("comm", "kind")),
-    ("flush_seconds", "ovltrace_flush_duration_seconds_sum", PARTY + ("comm", "kind")),
-    ("own_bytes", "ovltrace_flush_own_written_back_bytes_total", PARTY + ("comm", "kind")),
-    ("pair_bytes", "ovltrace_interference_written_back_bytes_total",
-     tuple(f"caller_{l}" for l in PARTY) + ("caller_comm",)
-     + tuple(f"victim_{l}" for l in PARTY) + ("kind", "runtime", "step")),
-    ("pair_seconds", "ovltrace_interference_stall_seconds_total", None),
-    ("pair_flushes", "ovltrace_interference_flushes_total", None),
+    ("flushes", "ovltrace_flush_duration_seconds_count", CALLER),
+    ("flush_seconds", "ovltrace_flush_duration_seconds_sum", CALLER),
+    ("own_bytes", "ovltrace_flush_own_written_back_bytes_total", CALLER),
+    ("pair_bytes", "ovltrace_interference_written_back_bytes_total", PAIR),
+    ("pair_seconds", "ovltrace_interference_stall_seconds_total", PAIR),
+    ("pair_flushes", "ovltrace_interference_flushes_total", PAIR),
     ("leaks", "ovltrace_error_leaks_total",
      tuple(f"victim_{l}" for l in PARTY) + tuple(f"source_{l}" for l in PARTY) + ("errno",)),
     ("wb_errors", "ovltrace_overlay_writeback_errors_total", PARTY + ("device", "errno")),
@@ -152,10 +154,7 @@ def collect(prom: Prometheus, range_seconds: float, end: float, selector: str | 
         nodes.setdefault(n, NodeFigures(n))
         samples[n] = samples.get(n, 0) + r["value"]
 
-    last_by = None
     for name, metric, by in QUERIES:
-        by = by or last_by
-        last_by = by
         for r in prom.query(window_delta(metric, sel, node_by + by, rng), end):
             if r["value"] == 0:
                 continue
@@ -165,8 +164,7 @@ def collect(prom: Prometheus, range_seconds: float, end: float, selector: str | 
     buckets = []
     if stall_buckets:
         m = "ovltrace_flush_duration_seconds_bucket"
-        for r in prom.query(window_delta(m, sel, node_by + PARTY + ("comm", "kind", "le"), rng),
-                            end):
+        for r in prom.query(window_delta(m, sel, node_by + CALLER + ("le",), rng), end):
             buckets.append((node_of(r["metric"]), r["metric"], r["value"]))
 
     resets = prom.query(f"changes({PRESENCE}{{{sel}}}[{rng}]) > 0", end)

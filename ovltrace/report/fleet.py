@@ -17,6 +17,7 @@ import time
 from ..fleet import FleetFigures, NodeFigures, party_name, workload_name
 from ..format import human_seconds
 from .findings import SEVERITY_ORDER, findings as make_findings
+from .gates import GATE_CODES
 
 SCHEMA_VERSION = 1
 TOP = 20
@@ -344,7 +345,6 @@ def _caveats(figs: FleetFigures) -> list[str]:
 
 def fleet_gates(rep: dict, gates: dict) -> tuple[int, list[str]]:
     """--fail-on on a fleet report: the audit's gates and exit codes."""
-    from .gates import GATE_CODES
     code, why = 0, []
     if gates.get("leak") and rep["leaks"]:
         code |= GATE_CODES["leak"]
