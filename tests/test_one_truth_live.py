@@ -123,7 +123,9 @@ def test_every_output_agrees(sandbox, tmp_path, quiet_flusher):
     assert set(from_audit) == set(from_top) == set(from_metrics) == {
         ("syncer", v) for v in WRITTEN}
     # shares add up to the flush's duration, not to N times it
-    assert sum(v[2] for v in from_audit.values()) <= duration + 1e-6
+    # (the JSON rounds the duration and each share to 1 us: half a microsecond
+    # each can add up; CI once saw 0.010295 against 0.010294)
+    assert sum(v[2] for v in from_audit.values()) <= duration + 1e-6 * (len(from_audit) + 1)
     # the recording, in every report format, against the same truth
     replayed = json.loads(from_recording(rec, "json"))
     from_rec = {(c["caller"], c["victim"]): (c["bytes"], c["flushes"], c["stall_seconds"])

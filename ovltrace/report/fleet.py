@@ -92,7 +92,7 @@ def node_report(fig: NodeFigures) -> dict:
             i[k] += row[k]
 
     lifecycle = _lifecycle([r for r in pairs.values() if r["step"]])
-    in_lifecycle = {c for r in pairs.values() if r["step"] for c in (r["caller"],)}
+    in_lifecycle = {r["caller"] for r in pairs.values() if r["step"]}
     # unmounts no runtime owns: one row per caller (its umount flushes)
     worst = []
     for (caller, kind), (n, secs) in flush_time.items():
