@@ -19,7 +19,6 @@ from . import bpfdefs
 from .counters import COUNTERS, Counters, bpf_members
 from .privileges import tracing_refusal
 from .errors import OvltraceError
-from .memory import release_compile_memory
 from .hooks import (FORCED, TRACEFS, Attacher, Hook, _stderr_to, hook_mode, require_functions,
                     select_hooks)
 from .kernel.btf import BTF, BTFError
@@ -290,7 +289,6 @@ class Probes:
             self.bpf["error_events"].open_ring_buffer(self._on_event)
             if self.chosen["mounts"].mechanism:
                 self.bpf["mount_events"].open_ring_buffer(self._on_mount_event)
-            release_compile_memory()
         except BaseException:
             self.close()
             raise
