@@ -96,16 +96,10 @@ def render_fleet(rep: dict, fmt: str = "table") -> str:
 
 
 def _table(rep: dict) -> str:
-    from .table import _t, _wrap
+    from .table import _t, _wrap, findings_text
     out = _wrap(f"ovltrace fleet audit: {visible(_header(rep))}", indent="  ")
     out += ["", f"Findings across nodes ({len(rep['findings'])})"]
-    if not rep["findings"]:
-        out.append("  none")
-    for f in rep["findings"]:
-        out += _wrap(f"  [{f['severity'].upper()}] {visible(f['title'])} {visible(_where(f))}",
-                     indent="    ")
-        out += _wrap(f"    {visible(f['detail'])}")
-        out += _wrap(f"    advice: {visible(f['advice'])}")
+    out += findings_text(rep["findings"], _where) or ["  none"]
     for title, headers, rows in sections(rep, W):
         out += ["", *_wrap(title, indent=""), *_t(rows, headers, "simple").split("\n")]
     out += ["", "Caveats"] + [l for c in rep["caveats"] for l in _wrap(f"  - {c}", indent="    ")]
@@ -113,14 +107,10 @@ def _table(rep: dict) -> str:
 
 
 def _markdown(rep: dict) -> str:
+    from .markdown import findings_markdown
     from .table import _t
     out = ["# ovltrace fleet audit", "", markdown(_header(rep)), "", "## Findings across nodes", ""]
-    if not rep["findings"]:
-        out.append("No findings.")
-    for f in rep["findings"]:
-        out.append(f"- **{f['severity'].upper()}: {markdown(f['title'])}** {markdown(_where(f))}  ")
-        out.append(f"  {markdown(f['detail'])}  ")
-        out.append(f"  *Advice:* {markdown(f['advice'])}")
+    out += findings_markdown(rep["findings"], _where)
     for title, headers, rows in sections(rep, 0):
         out += ["", f"## {markdown(title)}", "", _t(rows, headers, "github")]
     out += ["", "## Caveats", ""] + [f"- {markdown(c)}" for c in rep["caveats"]]
@@ -128,17 +118,11 @@ def _markdown(rep: dict) -> str:
 
 
 def _html(rep: dict) -> str:
-    from .html import CSS, _table as table
+    from .html import CSS, _table as table, findings_html
     p = ['<!doctype html><html lang="en"><head><meta charset="utf-8">',
          "<title>ovltrace fleet audit</title>", f"<style>{CSS}</style></head><body>",
          "<h1>ovltrace fleet audit</h1>", f'<div class="muted">{html_text(_header(rep))}</div>',
-         "<h2>Findings across nodes</h2>"]
-    if not rep["findings"]:
-        p.append("<p>No findings.</p>")
-    for f in rep["findings"]:
-        p.append(f'<div class="finding {f["severity"]}"><span class="sev">{f["severity"]}</span> '
-                 f'<b>{html_text(f["title"])}</b> {html_text(_where(f))}<br>'
-                 f'{html_text(f["detail"])}<br><i>Advice:</i> {html_text(f["advice"])}</div>')
+         "<h2>Findings across nodes</h2>", *findings_html(rep["findings"], _where)]
     for title, headers, rows in sections(rep, 0):
         p += [f"<h2>{html_text(title)}</h2>", table(headers, rows)]
     p.append("<h2>Caveats</h2><ul>" + "".join(f"<li>{html_text(c)}</li>" for c in rep["caveats"])

@@ -36,12 +36,7 @@ def render_html(rep: dict) -> str:
          f'<div class="muted">{rep["window_seconds"]:.1f}s window, {len(rep["overlays"])} '
          f'containers; upper fs: {html_text(_fs(rep))}{html_text(_source(rep))}</div>']
     p.append("<h2>Findings</h2>")
-    if not rep["findings"]:
-        p.append("<p>No findings.</p>")
-    for f in rep["findings"]:
-        p.append(f'<div class="finding {f["severity"]}"><span class="sev">{f["severity"]}</span> '
-                 f'<b>{html_text(f["title"])}</b><br>{html_text(f["detail"])}<br>'
-                 f'<i>Advice:</i> {html_text(f["advice"])}</div>')
+    p += findings_html(rep["findings"])
     p.append("<h2>Per container</h2>")
     p.append(_table(["container", "inodes", "dirtied", "written back", "copy-ups", "syncfs",
                      "wb errors", "waited on others", "made others wait"],
@@ -124,6 +119,18 @@ def _source(rep):
     r = rep.get("report") or {}
     return (f" (recording from {r.get('host') or '?'}, kernel {r.get('kernel') or '?'})"
             if r.get("source") == "recording" else "")
+
+
+def findings_html(findings: list[dict], where=lambda f: "") -> list[str]:
+    """One block per finding; where(f): words after the title (the fleet's nodes)."""
+    out = [] if findings else ["<p>No findings.</p>"]
+    for f in findings:
+        w = where(f)
+        out.append(f'<div class="finding {f["severity"]}"><span class="sev">{f["severity"]}</span> '
+                   f'<b>{html_text(f["title"])}</b>' + (f" {html_text(w)}" if w else "")
+                   + f'<br>{html_text(f["detail"])}<br>'
+                   f'<i>Advice:</i> {html_text(f["advice"])}</div>')
+    return out
 
 
 def _table(headers, rows) -> str:

@@ -15,12 +15,7 @@ def render_markdown(rep: dict) -> str:
            f"upper fs: {fs}" + _source(rep), ""]
     out.append("## Findings")
     out.append("")
-    if not rep["findings"]:
-        out.append("No findings.")
-    for f in rep["findings"]:
-        out.append(f"- **{f['severity'].upper()}: {markdown(f['title'])}**  ")
-        out.append(f"  {markdown(f['detail'])}  ")
-        out.append(f"  *Advice:* {markdown(f['advice'])}")
+    out += findings_markdown(rep["findings"])
     for title, body in sections(rep, fmt="github", width=40):
         head, _, rest = title.partition(" (")
         out += ["", f"## {head}", ""]
@@ -28,6 +23,18 @@ def render_markdown(rep: dict) -> str:
             out += [f"({rest}", ""]
         out.append(body)
     return "\n".join(out) + "\n"
+
+
+def findings_markdown(findings: list[dict], where=lambda f: "") -> list[str]:
+    """The findings as a list; where(f): words after the title (the fleet's nodes)."""
+    out = [] if findings else ["No findings."]
+    for f in findings:
+        w = where(f)
+        out.append(f"- **{f['severity'].upper()}: {markdown(f['title'])}**"
+                   + (f" {markdown(w)}" if w else "") + "  ")
+        out.append(f"  {markdown(f['detail'])}  ")
+        out.append(f"  *Advice:* {markdown(f['advice'])}")
+    return out
 
 
 def _source(rep: dict) -> str:

@@ -143,10 +143,7 @@ def render_table(rep: dict) -> str:
            f"containers; upper fs: {fs}"]
     if rep["findings"]:
         out += ["", f"Findings ({len(rep['findings'])})"]
-        for f in rep["findings"]:
-            out += _wrap(f"  [{f['severity'].upper()}] {visible(f['title'])}", indent="    ")
-            out += _wrap(f"    {visible(f['detail'])}")
-            out += _wrap(f"    advice: {visible(f['advice'])}")
+        out += findings_text(rep["findings"])
     for title, body in sections(rep, width=width):
         lines = []
         for line in body.split("\n"):
@@ -154,6 +151,18 @@ def render_table(rep: dict) -> str:
             lines += _wrap(line, indent="  ") if prose else [line]
         out += ["", *_wrap(title, indent=""), *lines]
     return "\n".join(visible(line) for line in out)     # nothing raw reaches the terminal
+
+
+def findings_text(findings: list[dict], where=lambda f: "") -> list[str]:
+    """Each finding wrapped to 80 columns; where(f): words after the title."""
+    out = []
+    for f in findings:
+        w = where(f)
+        out += _wrap(f"  [{f['severity'].upper()}] {visible(f['title'])}"
+                     + (f" {visible(w)}" if w else ""), indent="    ")
+        out += _wrap(f"    {visible(f['detail'])}")
+        out += _wrap(f"    advice: {visible(f['advice'])}")
+    return out
 
 
 def _wrap(text: str, width: int = 79, indent: str = "      ") -> list[str]:
