@@ -316,8 +316,10 @@ class OverlayCollector:
         hk = (caller, f.kind)
         _observe(self.hist, hk, f.duration)
         lc = analysis.lifecycle_event(f, self.metas)
-        if lc is not None:                 # a container start/stop: few label values
-            lk = (label(lc.runtime), lc.step)
+        # a container start/stop (few label values); its pairs say so too,
+        # for the fleet report's lifecycle findings
+        lk = (label(lc.runtime), lc.step) if lc is not None else ("", "")
+        if lc is not None:
             _observe(self.lc_hist, lk, f.duration)
             o = self.lc_others.setdefault(lk, [0, 0.0])
             o[0] += lc.others_bytes
@@ -331,8 +333,6 @@ class OverlayCollector:
         others = analysis.others_shares(f, key, self.metas)
         if not others:
             return
-        # a container start/stop says so on its pairs (the fleet report's lifecycle)
-        lk = (label(lc.runtime), lc.step) if lc is not None else ("", "")
         o = self.others.setdefault(hk, [0, 0.0])
         o[0] += sum(s.bytes for s in others)
         o[1] += sum(s.seconds for s in others)
