@@ -45,9 +45,26 @@ BPF_TABLE("lru_hash", u64, struct sb_val, sb_filter, 1024);
  * several times more.  A collision only costs a walk. */
 struct icache_ent { u64 inode; u64 ino; u32 igen; u32 slot; u32 gen; u32 role; u32 epoch; u32 dev; u64 check; };
 BPF_ARRAY(icache, struct icache_ent, ICACHE_SIZE);           /* ICACHE_SIZE: a power of 2 */
+/* Directory answers: dentry * -> the owner of what lies below it, direct-
+ * mapped like icache, so that a new file's walk stops at its parent.  An
+ * answer holds only while the dentry still has the same directory (inode
+ * pointer, number and generation: a removed directory whose dentry, inode
+ * and number are reused differs in generation), no directory can have
+ * moved (rename_seq: every rename syscall that succeeds bumps it), the set
+ * of overlays is the same (epoch) and the owner's slot lives.  Never
+ * workdir answers (copy-up moves temp dirs out of it inside the kernel,
+ * with no syscall), never while mounts are unsettled, and only while the
+ * renames hook is attached (CFG_DIR_CACHE). */
+struct dcache_ent { u64 dentry; u64 inode; u64 ino; u64 rseq; u32 igen; u32 slot; u32 gen;
+                    u32 role; u32 epoch; u32 dev; u64 check; };
+BPF_ARRAY(dcache, struct dcache_ent, DCACHE_SIZE);           /* DCACHE_SIZE: a power of 2 */
 struct copyup_key { u64 inode; u64 ino; };
 BPF_TABLE("lru_hash", struct copyup_key, u8, copyup_seen, 16384);  /* temp inodes counted */
-BPF_TABLE("lru_hash", u64, struct dirty_val, dirty_inodes, DIRTY_SIZE);
+/* inode * -> owner while dirty, for the dirty-now gauge.  A plain hash: an
+ * insert costs less than in an LRU one, and userspace drops entries older
+ * than DIRTY_MAX_AGE (inodes deleted while dirty), so a full map (counted
+ * as map_full) empties again. */
+BPF_HASH(dirty_inodes, u64, struct dirty_val, DIRTY_SIZE);
 
 BPF_PERCPU_ARRAY(stats, struct ovl_stats, MAX_SLOTS);
 
@@ -179,6 +196,24 @@ static __always_inline void icache_put(struct icache_ent *c, u64 inode, u64 ino,
 	*c = ne;
 }
 
+static __always_inline u32 dcache_index(u64 dentry)
+{
+	return ((dentry >> 4) * 0x9E3779B97F4A7C15ULL) >> 40 & (DCACHE_SIZE - 1);
+}
+
+static __always_inline u64 dcache_check(struct dcache_ent *c)
+{
+	return c->dentry ^ c->inode ^ c->ino ^ c->rseq ^ ((u64)c->igen << 32 | c->slot) ^
+	       ((u64)c->gen << 32 | c->role) ^ ((u64)c->epoch << 32 | c->dev) ^ 0x646972636163686fULL;
+}
+
+static __always_inline int dir_cache_on(void)
+{
+	u32 idx = CFG_DIR_CACHE;
+	u32 *v = config.lookup(&idx);
+	return v && *v;
+}
+
 /* The owner of an upper-fs inode, and what the hooks need of the inode. */
 /* An overlay mount in progress in this thread (mount(2), or fsconfig's
  * FSCONFIG_CMD_CREATE): a filesystem it dirties is an upper fs. */
@@ -214,6 +249,81 @@ struct inode_span { u64 w[INODE_SPAN_LEN / 8]; };     /* 8-byte aligned span */
 	else if (SZ_##M == 2) dst = *(u16 *)_p;                                   \
 	else dst = *(u8 *)_p;                                                     \
 } while (0)
+
+/* The cached owner of what lies below directory `dentry` (inode `dinode`,
+ * number `dino`, generation `igen`; igen_known 0: read it if needed) into
+ * *o, if its answer still holds. */
+static __always_inline int dcache_get(u64 dentry, u64 dinode, u64 dino, u32 igen, int igen_known,
+                                      u64 rseq, u32 epoch, struct owner *o)
+{
+	u32 idx = dcache_index(dentry);
+	struct dcache_ent *c = dcache.lookup(&idx);
+	if (!c)
+		return 0;
+	struct dcache_ent ce = *c;    /* one copy, checked and used */
+	if (ce.dentry != dentry || ce.inode != dinode || ce.ino != dino || ce.rseq != rseq ||
+	    ce.epoch != epoch || ce.check != dcache_check(&ce))
+		return 0;
+	if (!igen_known)
+		KREAD(igen, dinode, inode_i_generation);
+	if (ce.igen != igen)
+		return 0;
+	if (ce.role != ROLE_FS && !slot_alive(ce.slot, ce.gen))
+		return 0;
+	o->slot = ce.slot;
+	o->gen = ce.gen;
+	o->role = ce.role;
+	o->dev = ce.dev;
+	return 1;
+}
+
+static __always_inline void dcache_put(u64 dentry, u64 dinode, u64 dino, u64 rseq, u32 epoch,
+                                       struct owner *o)
+{
+	u32 idx = dcache_index(dentry);
+	struct dcache_ent *c = dcache.lookup(&idx);
+	if (!c)
+		return;
+	u32 igen = 0;
+	KREAD(igen, dinode, inode_i_generation);
+	struct dcache_ent ne = { .dentry = dentry, .inode = dinode, .ino = dino, .rseq = rseq,
+	                         .igen = igen, .slot = o->slot, .gen = o->gen, .role = o->role,
+	                         .epoch = epoch, .dev = o->dev };
+	ne.check = dcache_check(&ne);
+	*c = ne;
+}
+
+/* A file's owner from its directory's cached answer: no superblock
+ * filter, no walk.  Five reads: the file's dentry, its parent, the
+ * parent's inode and that inode's number and generation. */
+static __always_inline int parent_answer(void *inode, u32 epoch, struct owner *o,
+                                         struct inode_span *sp)   /* scratch: stack is short */
+{
+	u64 rseq = kstate_get(KS_RENAME_SEQ);
+	u64 first = 0, parent = 0, pinode = 0;
+	KREAD(first, inode, inode_i_dentry);
+	if (!first)
+		return 0;
+	u64 dentry = first - OFF_dentry_d_alias;
+	KREAD(parent, dentry, dentry_d_parent);
+	if (!parent || parent == dentry)
+		return 0;
+	KREAD(pinode, parent, dentry_d_inode);
+	if (!pinode)
+		return 0;
+	if (bpf_probe_read_kernel(sp, sizeof(*sp), (void *)pinode + INODE_SPAN_START))
+		return 0;
+	u64 pino;
+	u32 pgen = 0;
+	SPAN_GET(pino, *sp, inode_i_ino);
+#ifdef INODE_GEN_SEPARATE
+	int known = 0;
+#else
+	int known = 1;
+	SPAN_GET(pgen, *sp, inode_i_generation);
+#endif
+	return dcache_get(parent, pinode, pino, pgen, known, rseq, epoch, o);
+}
 
 /* The orphan record of `inode` (made from the walk in *w when new), or 0. */
 static __always_inline struct orphan_val *orphan_of(u64 inode, u64 ino, struct orphan_val *w)
@@ -300,10 +410,23 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 		}
 	}
 
+	/* A new file (not a directory: one may be an upperdir or workdir
+	 * itself) in a directory whose owner is cached. */
+	u32 mode;
+	SPAN_GET(mode, sp, inode_i_mode);
+	SPAN_GET(sb, sp, inode_i_sb);          /* before sp is reused */
+	if ((mode & 0170000) != 0040000 && dir_cache_on() && !mounts_unsettled() &&
+	    parent_answer(inode, epoch, o, &sp)) {
+		count(CNT_CACHE_MISS);
+		count(CNT_DIR_CACHE_HITS);
+		if (c)
+			icache_put(c, key, ino, igen, o->slot, o->gen, o->role, o->dev);
+		return 1;
+	}
+
 	/* Filter by superblock first: most inodes of other filesystems
 	 * leave here.  is_upper 2: an fs an overlay mount is using that
 	 * userspace has not seen yet, until the epoch changes. */
-	SPAN_GET(sb, sp, inode_i_sb);
 	if (!sb)
 		return 0;
 	struct sb_val *sv = sb_filter.lookup(&sb);
@@ -351,15 +474,33 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	u32 zero = 0;
 	struct orphan_val *w = unsettled ? orphan_scratch.lookup(&zero) : 0;
 	void *dentry = (void *)(first - OFF_dentry_d_alias);
-	u64 dino = ino;
+	u64 dino = ino, dinode = (u64)inode;
 	int found = 0;
 	u32 levels = 0;
 	struct dir_key dk = { .dev = dev };
+	/* read before the walk: a rename that ends during it voids what it finds */
+	int dc_on = !unsettled && dir_cache_on();
+	u64 rseq = dc_on ? kstate_get(KS_RENAME_SEQ) : 0;
+	u64 parent_dentry = 0, parent_inode = 0, parent_ino = 0;
+	int dc_hit = 0;
 	for (int i = 0; i < OVL_MAX_DEPTH; i++) {
 		dk.ino = dino;
 		levels = i + 1;
 		if (w)
 			w->anc[i & (ORPHAN_ANC - 1)] = dino;
+		if (i > 0 && dc_on) {
+			if (i == 1) {
+				parent_dentry = (u64)dentry;
+				parent_inode = dinode;
+				parent_ino = dino;
+			}
+			if (dcache_get((u64)dentry, dinode, dino, 0, 0, rseq, epoch, o)) {
+				count(CNT_DIR_CACHE_HITS);
+				found = 1;
+				dc_hit = i;
+				break;
+			}
+		}
 		struct dir_val *dv = dirs.lookup(&dk);
 		if (dv) {
 			o->slot = dv->slot;
@@ -375,7 +516,7 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 			break;
 		}
 		dentry = (void *)parent;
-		u64 dinode = 0;
+		dinode = 0;
 		KREAD(dinode, dentry, dentry_d_inode);
 		if (!dinode)
 			break;
@@ -404,6 +545,10 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	 * don't cache the workdir answer. */
 	if (o->role != ROLE_WORK && c)
 		icache_put(c, key, ino, igen, o->slot, o->gen, o->role, dev);
+	/* the parent's answer, for its next new file (found == 2 here is
+	 * "outside any overlay": settled, so no orphan) */
+	if (dc_on && parent_dentry && dc_hit != 1 && o->role != ROLE_WORK && o->role != ROLE_ORPHAN)
+		dcache_put(parent_dentry, parent_inode, parent_ino, rseq, epoch, o);
 	return 1;
 }
 
@@ -1154,6 +1299,38 @@ TRACEPOINT_PROBE(syscalls, sys_enter_move_mount)
 		bpf_probe_read_user_str(e->dir, sizeof(e->dir), (void *)SC_ARG(3));
 		mount_event_send(e, 0);
 	}
+	return 0;
+}
+#endif
+
+#ifdef HOOK_renames
+/* A directory may have moved: every cached directory answer is void.
+ * (Any rename: the syscall's exit cannot tell a directory from a file.) */
+static __always_inline void on_rename_exit(long ret)
+{
+	if (ret < 0)
+		return;
+	u32 idx = KS_RENAME_SEQ;
+	u64 *seq = kstate.lookup(&idx);
+	if (seq)
+		__sync_fetch_and_add(seq, 1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_rename)
+{
+	on_rename_exit(args->ret);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat)
+{
+	on_rename_exit(args->ret);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_renameat2)
+{
+	on_rename_exit(args->ret);
 	return 0;
 }
 #endif

@@ -19,10 +19,11 @@ enum event_type { EV_FLUSH = 1, EV_WB_ERROR = 2, EV_ERR_RETURNED = 3,
 /* config[] indexes */
 enum config_idx { CFG_EPOCH = 0, CFG_FN_COPY_UP = 1 /* copy_up not on the workdir estimate */,
 		  CFG_SETTLED = 2 /* every overlay mount up to this seq is known to userspace */,
+		  CFG_DIR_CACHE = 3 /* the renames hook is attached: directory answers may be cached */,
 		  CFG_NR = 4 };
 /* kstate[] indexes: written by the kernel side only */
 enum kstate_idx { KS_MOUNT_SEQ = 0 /* overlay mounts begun */, KS_MOUNTS_INFLIGHT = 1,
-		  KS_NR = 4 };
+		  KS_RENAME_SEQ = 2 /* rename syscalls that succeeded */, KS_NR = 4 };
 
 #define COPYUP_LAT_SLOTS 16   /* log2(microseconds) buckets of copy-up latency */
 enum ret_kind { RK_SYNCFS = 1, RK_FSYNC = 2, RK_FDATASYNC = 3 };
@@ -31,7 +32,8 @@ enum ret_kind { RK_SYNCFS = 1, RK_FSYNC = 2, RK_FDATASYNC = 3 };
 enum counter {
 	CNT_EVENTS_DROPPED, CNT_CACHE_MISS, CNT_WALK_TOO_DEEP,
 	CNT_WALK_NO_DENTRY, CNT_MAP_FULL, CNT_FLUSH_WORKS, CNT_FOLIO_UNMATCHED,
-	CNT_ERROR_EVENTS_DROPPED, CNT_MOUNT_EVENTS_DROPPED, CNT_ORPHANS_FULL, CNT_NR = 16
+	CNT_ERROR_EVENTS_DROPPED, CNT_MOUNT_EVENTS_DROPPED, CNT_ORPHANS_FULL,
+	CNT_DIR_CACHE_HITS /* misses answered by a directory's cached owner */, CNT_NR = 16
 };
 
 /* Each overlay, and the rest of each upper fs, owns a slot.  A slot is

@@ -277,6 +277,8 @@ class Attacher:
             raise AttachError(f"attaching {tp} failed: {str(e).splitlines()[0]}") from None
         if hook == "copy_up" and self.probes is not None:
             self.probes.set_config(bpfdefs.CFG_FN_COPY_UP, 0)    # the workdir estimate is on
+        if hook == "renames" and self.probes is not None:
+            self.probes.set_config(bpfdefs.CFG_DIR_CACHE, 1)     # renames seen: cache directories
 
     # -- function hooks ------------------------------------------------------
     def _function(self, hook: str, mech: str) -> None:

@@ -88,6 +88,7 @@ class Limits:
     max_slots: int = 4096          # overlays + upper filesystems
     max_upper_fs: int = 64
     icache: int = 65536            # a power of 2
+    dcache: int = 16384            # directory answers; a power of 2
     dirty: int = 65536
     victims: int = 16384
     orphans: int = 8192            # inodes dirtied before userspace knew their overlay
@@ -103,7 +104,7 @@ class Limits:
 
     def cflags(self) -> list[str]:
         return [f"-DMAX_SLOTS={self.max_slots}", f"-DMAX_UPPER_FS={self.max_upper_fs}",
-                f"-DMAX_DIRS={2 * self.max_slots}", f"-DICACHE_SIZE={self.icache}",
+                f"-DMAX_DIRS={2 * self.max_slots}", f"-DICACHE_SIZE={self.icache}", f"-DDCACHE_SIZE={self.dcache}",
                 f"-DDIRTY_SIZE={self.dirty}", f"-DMAX_VICTIMS={self.victims}",
                 f"-DORPHAN_SIZE={self.orphans}",
                 f"-DRINGBUF_PAGES={self.ringbuf_pages}",

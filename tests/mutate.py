@@ -133,6 +133,14 @@ MUTANTS = [
            'g["nodes"].append(f["node"])',
            'g["nodes"] = [f["node"]]',
            ["tests/test_fleet_backfill.py::test_workloads_gather_across_nodes"]),
+    Mutant("a rename leaves directory answers valid", "bpf/ovltrace.bpf.c",
+           "	if (ret < 0)\n		return;\n	u32 idx = KS_RENAME_SEQ;",
+           "	if (ret < 0 || 1)\n		return;\n	u32 idx = KS_RENAME_SEQ;",
+           ["tests/test_live_dircache.py::test_a_moved_directory_takes_its_new_owner"]),
+    Mutant("a reused directory keeps the old answer", "bpf/ovltrace.bpf.c",
+           "	if (ce.igen != igen)\n		return 0;\n	if (ce.role != ROLE_FS",
+           "	if (ce.igen != igen && 0)\n		return 0;\n	if (ce.role != ROLE_FS",
+           ["tests/test_live_dircache.py::test_a_stale_directory_answer_is_refused"]),
 ]
 
 

@@ -114,8 +114,8 @@ def test_bpfdefs_enums_match_the_header():
     assert {enums[f"FLUSH_{k.upper()}"]: k for k in bpfdefs.FLUSH_KINDS.values()} == \
         bpfdefs.FLUSH_KINDS
     for name in ("EV_FLUSH", "EV_WB_ERROR", "EV_ERR_RETURNED", "EV_FLUSH_DONE", "EV_MOUNT",
-                 "CFG_EPOCH", "CFG_FN_COPY_UP", "CFG_SETTLED", "ROLE_ORPHAN", "KS_MOUNT_SEQ",
-                 "KS_MOUNTS_INFLIGHT", "MK_MOUNT", "MK_FS_UPPER", "MK_FS_WORK",
+                 "CFG_EPOCH", "CFG_FN_COPY_UP", "CFG_SETTLED", "CFG_DIR_CACHE", "ROLE_ORPHAN", "KS_MOUNT_SEQ",
+                 "KS_MOUNTS_INFLIGHT", "KS_RENAME_SEQ", "MK_MOUNT", "MK_FS_UPPER", "MK_FS_WORK",
                  "MK_FS_CREATE", "MK_FSMOUNT", "MK_MOVE_MOUNT", "ORPHAN_SLOT"):
         assert enums[name] == getattr(bpfdefs, name), name
     assert {enums[f"RK_{k.upper()}"]: k for k in bpfdefs.RET_KINDS.values()} == bpfdefs.RET_KINDS

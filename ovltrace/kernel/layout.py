@@ -54,9 +54,10 @@ _AGGREGATE = {"dentry_d_alias", "ovl_inode_vfs_inode"}
 OPTIONAL = {"folio__flags_1"}  # without it, every folio counts as one page
 
 # read in one go on the hot path (see INODE_SPAN in the BPF code)
-INODE_SPAN = ["inode_i_sb", "inode_i_ino", "inode_i_generation", "inode_i_state", "inode_i_mapping"]
+INODE_SPAN = ["inode_i_mode", "inode_i_sb", "inode_i_ino", "inode_i_generation", "inode_i_state",
+              "inode_i_mapping"]
 MAX_SPAN = 256
-ATTRIBUTION = ["inode_i_sb", "inode_i_ino", "inode_i_generation", "inode_i_state",
+ATTRIBUTION = ["inode_i_mode", "inode_i_sb", "inode_i_ino", "inode_i_generation", "inode_i_state",
                "inode_i_mapping", "inode_i_dentry",
                "dentry_d_parent", "dentry_d_inode", "dentry_d_alias", "super_block_s_dev"]
 FD_TO_SB = ["task_struct_files", "files_struct_fdt", "fdtable_fd", "fdtable_max_fds",
@@ -108,6 +109,9 @@ HOOKS: dict[str, dict] = {
     "fsync": {"members": FD_TO_SB, "tracepoints": ["syscalls/sys_enter_fsync", "syscalls/sys_exit_fsync",
                                                    "syscalls/sys_enter_fdatasync", "syscalls/sys_exit_fdatasync"],
               "what": "fsync/fdatasync calls and errors they return"},
+    "renames": {"members": [], "tracepoints": [f"syscalls/sys_exit_{c}"
+                                               for c in ("rename", "renameat", "renameat2")],
+                "what": "renames (keep cached directory owners exact; without it, none cached)"},
 }
 
 # Hooks that a kernel function can serve better than the tracepoint path,

@@ -540,6 +540,8 @@ class OverlayCollector:
         out.add(f, ["writeback_errors"], st.get("error_events_dropped", 0), force=True)
         f = fam("ovltrace_exporter_inode_cache_lookups_total", ["result"])
         out.add(f, ["miss"], st.get("cache_misses", 0), force=True)
+        f = fam("ovltrace_exporter_directory_cache_hits_total", [])
+        out.add(f, [], st.get("dir_cache_hits", 0), force=True)
         f = fam("ovltrace_exporter_attribution_failures_total", ["reason"])
         out.add(f, ["walk_too_deep"], st.get("walk_too_deep", 0), force=True)
         out.add(f, ["no_dentry"], st.get("walk_no_dentry", 0), force=True)

@@ -96,6 +96,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "by channel (flushes; writeback_errors, whose counts stay exact)."),
     "ovltrace_exporter_inode_cache_lookups_total": (
         "counter", "BPF inode->overlay cache lookups that missed (a dentry walk followed)."),
+    "ovltrace_exporter_directory_cache_hits_total": (
+        "counter", "Inode-cache misses answered by the cached owner of a directory on the way "
+        "up (the dentry walk stopped there)."),
     "ovltrace_exporter_attribution_failures_total": (
         "counter", "Upper inodes the BPF programs could not attribute, by reason."),
     "ovltrace_exporter_map_full_total": (
