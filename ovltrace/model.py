@@ -282,6 +282,13 @@ class Model:
             if i > 1:
                 del s[:i - 1]             # keep the last sample at or before `before`
 
+    def release(self, cursor: Cursor) -> None:
+        """The only reader has consumed the records before `cursor`: forget
+        them now, not when the retention runs out (the exporter: records
+        then live one scrape interval, not two minutes)."""
+        for kind in RECORD_KINDS:
+            self._drop_front(kind, getattr(cursor, kind) - self._dropped[kind])
+
     def set_self_stats(self, t: float, stats: dict) -> None:
         self._emit("self", (t, stats))
         self.self_stats = stats

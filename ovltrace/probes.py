@@ -242,6 +242,7 @@ class Probes:
             raise OvltraceError(refusal)
         ensure_tracefs()
         self.layout = generate(self.btf, TRACEFS)   # tracepoints are visible now
+        self.btf = None              # the parsed BTF (~14 MiB of Python objects) is done with
         enabled = self.enabled_hooks()
         if not enabled:
             reasons = "; ".join(f"{h.name}: {h.reason}" for h in self.hooks())

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from . import bpfdefs
+from . import bpfdefs, memory
 from .containers import CgroupIds, Resolver, cgroup_of_pid, helper_of
 from .counters import Counters
 from .errors import OvltraceError
@@ -24,6 +24,7 @@ from .probes import Limits, Orphan, Probes, RawEvent, format_dev, kdev, parse_de
 
 GONE_GRACE = 5.0        # keep a gone overlay's slot this long: its umount flush comes after
 DIRTY_MAX_AGE = 300.0   # an inode "dirty" longer than this was deleted while dirty
+TRIM_INTERVAL = 10.0     # glibc's free heap is given back this often (long-running views)
 RECORD_RETENTION = 120.0  # flushes/errors kept by long-running views: scrape more often than this
 ORPHAN_WAIT = 10.0      # a flush or error naming an undecided orphan waits this long at most
 ORPHAN_OWNERS_KEPT = 65536
@@ -65,10 +66,12 @@ class Session:
     def __init__(self, btf: str | None = None, only: list[str] | None = None,
                  limits: Limits | None = None, refresh_interval: float = 1.0,
                  resolver: Resolver | None = None, hooks: list[str] | None = None,
-                 retention: float | None = None, hook_mode: str = "auto"):
+                 retention: float | None = None, hook_mode: str = "auto",
+                 history: float | None = None):
         self.only = [os.path.realpath(p) for p in only] if only else None
         self.refresh_interval = refresh_interval
         self.retention = retention       # long-running views forget what ended before now - this
+        self.history = history           # seconds of counter samples kept (None: the model's default)
         self.sample_interval = 0.5       # counters are read this often (views need no more)
         self._last_sample = 0.0
         self.resolver = resolver or Resolver()
@@ -80,7 +83,7 @@ class Session:
         self.attached = False            # start() done: self.model is the one that counts
         self.mounts = MountWatcher()
         self.t0 = time.monotonic()
-        self.model = Model(0.0)
+        self.model = self._new_model()
         self.watched: dict[int, _Watched] = {}          # slot -> live or grace
         self.by_slotgen: dict[tuple[int, int], str] = {}  # every (slot, gen) ever -> key
         self.upper: dict[int, _Watched] = {}             # upper kernel dev -> its fs slot
@@ -110,6 +113,7 @@ class Session:
         self._named_at = -1                      # resolver.version _resolve_late last saw
         self._upper_mounts: dict[str, object] = {}   # upper fs dev -> its mount (mount_of_dev)
         self._last_prune = 0.0
+        self._last_trim = 0.0
         self._unplaced: dict[int, tuple] = {}   # seq -> new-API mount not yet moved into place
 
     # ---- clock -------------------------------------------------------------
@@ -127,13 +131,21 @@ class Session:
         self.probes = Probes(self._btf, limits, only_hooks=self._hooks, mode=self._hook_mode)
         self.probes.attach()
         self.t0 = time.monotonic()
-        self.model = Model(0.0)
+        self.model = self._new_model()
         self.model.sink = self.sink
         self.model.set_hooks([dict(h.__dict__) for h in self.probes.hooks()])
         self._apply(overlays, [])
         self._last_refresh = time.monotonic()
         self._watch_mount_table()
+        memory.release_compiler()        # what only the compile needed
+        self._last_trim = time.monotonic()
         self.attached = True
+
+    def _new_model(self) -> Model:
+        m = Model(0.0)
+        if self.history is not None:
+            m.history = self.history
+        return m
 
     def _watch_mount_table(self) -> None:
         """The kernel flags /proc/self/mountinfo (POLLPRI) when this
@@ -317,6 +329,9 @@ class Session:
             sample = self._read_sample(final=False)
             with self.lock:
                 self._store_sample(sample)
+        if time.monotonic() - self._last_trim >= TRIM_INTERVAL:
+            self._last_trim = time.monotonic()
+            memory.trim()                # a scrape's freed tens of MiB back to the system
 
     def _read_sample(self, final: bool) -> tuple:
         """Counters, dirty inodes, finished flushes, self figures: read from

@@ -141,6 +141,18 @@ MUTANTS = [
            "	if (ce.igen != igen)\n		return 0;\n	if (ce.role != ROLE_FS",
            "	if (ce.igen != igen && 0)\n		return 0;\n	if (ce.role != ROLE_FS",
            ["tests/test_live_dircache.py::test_a_stale_directory_answer_is_refused"]),
+    Mutant("the compiler's pages are kept", "ovltrace/memory.py",
+           "            libc.madvise(start, end - start, MADV_DONTNEED)",
+           "            pass",
+           ["tests/test_memory_live.py::test_the_compilers_memory_is_given_back"]),
+    Mutant("relocated (RELRO) pages dropped too", "ovltrace/memory.py",
+           "                if int(parts[1]) == 0:",
+           "                if int(parts[1]) >= 0:",
+           ["tests/test_memory_live.py::test_only_clean_read_only_compiler_mappings_are_chosen"]),
+    Mutant("the exporter keeps what it consumed", "ovltrace/views/exporter.py",
+           "                model.release(view.cursor)",
+           "                model.release(self._cursor)",
+           ["tests/test_exporter.py::test_the_sole_reader_releases_what_it_consumed"]),
 ]
 
 

@@ -159,6 +159,33 @@ def test_flushes_counted_once_when_the_model_trims_and_prunes():
         assert value(s, "ovltrace_flush_duration_seconds_count", container="c0000") == n
 
 
+def test_the_sole_reader_releases_what_it_consumed():
+    """The exporter command's collector is the model's only reader: each
+    scrape drops the records it consumed (memory: one scrape interval of
+    flushes, not two minutes), and no flush is lost or counted twice."""
+    m = Model()
+    names(m, 2)
+    c = OverlayCollector(lambda: m, config=ExporterConfig(), sole_reader=True)
+    n = 0
+    for step in range(1, 6):
+        for _ in range(step):
+            n += 1
+            m.flush(Flush("syncfs", 1, 1, "s", step + n / 1000, 0.001, 0, "o0", "7:1",
+                          [Victim("o1", 4096)]))
+        assert len(m._records["flushes"]) == step          # new since the last scrape
+        s, _ = scrape(c)
+        assert m._records["flushes"] == []
+        assert value(s, "ovltrace_flush_duration_seconds_count", container="c0000") == n
+        assert value(s, "ovltrace_flush_others_written_back_bytes_total",
+                     container="c0000") == n * 4096
+    # a collector that is not the only reader leaves them to the retention
+    kept = Model()
+    names(kept, 2)
+    kept.flush(Flush("syncfs", 1, 1, "s", 1.0, 0.001, 0, "o0", "7:1", [Victim("o1", 1)]))
+    scrape(collector(kept))
+    assert len(kept._records["flushes"]) == 1
+
+
 def test_labels_flag_drops_labels_and_merges():
     s, text = scrape(collector(demo_like_model(), labels=("pod",)))
     promtool_metrics(text)

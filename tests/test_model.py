@@ -171,3 +171,22 @@ def test_delta_hands_out_each_record_once_across_trims_and_prunes():
     seen += [f.pid for f in m.delta(cur).flushes]
     assert seen == sorted(set(seen))                  # never twice, in order
     assert seen[-6:] == list(range(44, 50))           # nothing new is lost
+
+
+def test_a_model_without_history_keeps_the_newest_sample_only():
+    """The exporter's model (history 0): a scrape reads the newest totals,
+    so each overlay keeps its first sample and the last two, whatever the
+    run's length (a thousand overlays sampled twice a second held ~95 MiB
+    of samples over the two-minute retention before)."""
+    m = Model()
+    m.history = 0.0
+    m.add(OverlayMeta("a", "overlay", "/a", "7:1"))
+    for i in range(1, 500):
+        m.counters(i / 2, {"a": Counters(bytes_dirtied=i)})
+        assert len(m._samples["a"]) <= 3
+        assert m.delta(None).totals["a"].bytes_dirtied == i
+    deflt = Model()
+    deflt.add(OverlayMeta("a", "overlay", "/a", "7:1"))
+    for i in range(1, 500):
+        deflt.counters(i / 2, {"a": Counters(bytes_dirtied=i)})
+    assert len(deflt._samples["a"]) == 500          # history 900 s: every sample kept

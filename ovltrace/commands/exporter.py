@@ -189,13 +189,14 @@ def run_exporter(opts: TraceOptions, listen: str, telemetry_path: str, config: E
     server = make_server(host, port, web)
     thread = None
     try:
-        # the model forgets what ended well after the series expired
+        # the model forgets what ended well after the series expired, and
+        # keeps no counter history: a scrape reads the newest sample only
         with BpfStatsSwitch(bpf_stats), \
-                tracing(opts, retention=config.gone_ttl + 60) as (session, stopper):
+                tracing(opts, retention=config.gone_ttl + 60, history=0.0) as (session, stopper):
             # nothing is served before the probes attach (start() replaces the model)
             collector = OverlayCollector(lambda: session.model if session.attached else None,
                                          session.lock, config,
-                                         bpf_programs=session.program_stats)
+                                         bpf_programs=session.program_stats, sole_reader=True)
             registry.register(collector)
             server.set_app(web_app(registry, telemetry_path, healthy, web))
             thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)

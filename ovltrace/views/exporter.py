@@ -84,11 +84,15 @@ class OverlayCollector:
     model_source: callable returning the current Model (a session replaces
     its model when it starts).  lock: held while reading the model.
     bpf_programs: optional callable -> (stats enabled, {program: (run_ns,
-    run_cnt, recursion_misses)}), read outside the lock."""
+    run_cnt, recursion_misses)}), read outside the lock.  sole_reader: no
+    other reader needs the model's records (the exporter command): each
+    scrape releases what it consumed."""
 
     def __init__(self, model_source, lock=None, config: ExporterConfig | None = None,
-                 clock=time.monotonic, bpf_programs=None, wallclock=time.time):
+                 clock=time.monotonic, bpf_programs=None, wallclock=time.time,
+                 sole_reader: bool = False):
         self.model_source = model_source
+        self.sole_reader = sole_reader   # the model's records may go once consumed
         self.wallclock = wallclock
         self.lock = lock or threading.RLock()
         self.config = config or ExporterConfig()
@@ -187,6 +191,8 @@ class OverlayCollector:
             if len(self.expired) > len(model.metas):     # pruned keys: forget them
                 self.expired = {k for k in self.expired if k in model.metas}
             view = model.delta(self._cursor)
+            if self.sole_reader:
+                model.release(view.cursor)
         self._cursor = view.cursor
         return view
 
