@@ -85,8 +85,9 @@ Examples:
   ovltrace mounts --format json
 """)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
-@overlay_option
+              show_default=True, help="Output format.")
+@click.option("--overlay", "overlays", multiple=True, metavar="MOUNTPOINT",
+              help="List only this overlay (repeatable).")
 def mounts(fmt, overlays):
     """List overlay mounts (all mount namespaces) with upper fs and container."""
     from .commands.mounts import run_mounts
@@ -206,16 +207,22 @@ Examples:
   ovltrace record -o incident.jsonl.gz -d 5m   # record five minutes
   ovltrace audit --from incident.jsonl.gz      # report on it, anywhere
 """)
-@click.option("-o", "--output", required=True, metavar="FILE",
-              help="Where to write (JSON lines; gzip when it ends in .gz).")
+@click.option("-o", "--output", metavar="FILE",
+              help="Where to write (JSON lines; gzip when it ends in .gz). Required.")
 @click.option("-d", "--duration", type=Duration(), default=None,
               help="How long to record [default: until Ctrl-C].")
 @overlay_option
 @btf_option
+@ebpf_option
 @click.pass_context
-def record(ctx, output, duration, overlays, btf):
+def record(ctx, output, duration, overlays, btf, ebpf):
     """Record what the probes see to a file, for 'audit --from' and
     'top --replay' on any host (no root or BPF needed there)."""
+    if ebpf:
+        print_ebpf(btf)
+        return
+    if not output:
+        raise click.UsageError("Missing option '-o' / '--output'.")
     from .commands.audit import run_record
     sys.exit(run_record(options(ctx, btf, overlays), output, duration))
 
@@ -226,17 +233,23 @@ Examples:
   ovltrace demo --inject-errors        # plus a writeback error storm
   ovltrace demo -n 8 -d 20s --format json
 """)
-@click.option("-n", "--containers", type=click.IntRange(2, 2000), default=4, show_default=True)
-@click.option("-d", "--duration", type=Duration(), default="10s", show_default=True)
+@click.option("-n", "--containers", type=click.IntRange(2, 2000), default=4, show_default=True,
+              help="Sandbox containers to make (2-2000).")
+@click.option("-d", "--duration", type=Duration(), default="10s", show_default=True,
+              help="How long to trace them (10, 30s, 2m).")
 @click.option("--inject-errors", is_flag=True, help="Make one container hit writeback errors.")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json", "html"]),
               default=None, help="Report format [default: table, or from -o's extension].")
 @click.option("-o", "--output", metavar="FILE", help="Write the report to FILE.")
 @btf_option
+@ebpf_option
 @click.pass_context
-def demo(ctx, containers, duration, inject_errors, fmt, output, btf):
+def demo(ctx, containers, duration, inject_errors, fmt, output, btf, ebpf):
     """Build sandbox containers (overlays on a loop-mounted ext4), run a mix
     of writers, a syncfs-calling neighbour and a copy-up, and audit them."""
+    if ebpf:
+        print_ebpf(btf)
+        return
     from .commands.demo import run_demo
     from .report import format_for
     sys.exit(run_demo(options(ctx, btf), containers, duration, inject_errors,
@@ -276,6 +289,15 @@ def top(ctx, delay, batch, iterations, replay, sort, overlays, btf, ebpf):
     run_top(options(ctx, btf, overlays), delay, batch, iterations, replay, sort.lower())
 
 
+def _check_listen(ctx, param, value):
+    from .commands.exporter import parse_listen_address
+    try:
+        parse_listen_address(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None       # exit 2, like every usage error
+    return value
+
+
 @cli.command(epilog="""\b
 Examples:
   ovltrace exporter                       # localhost:19435/metrics
@@ -286,7 +308,7 @@ Examples:
   curl -s localhost:19435/metrics | grep ^ovltrace_overlay_dirtied
 """)
 @click.option("--web.listen-address", "listen", default=f"localhost:{DEFAULT_PORT}",
-              show_default=True, metavar="HOST:PORT",
+              show_default=True, metavar="HOST:PORT", callback=_check_listen,
               help=f"Where to serve (':{DEFAULT_PORT}' = all interfaces).")
 @click.option("--web.telemetry-path", "telemetry_path", default="/metrics", show_default=True,
               metavar="PATH", help="Path of the metrics page.")
@@ -305,32 +327,58 @@ Examples:
 @click.option("--rank-interval", type=Duration(), default="60s", show_default=True,
               help="How often the top-N overlays are re-chosen.")
 @click.option("--gone-ttl", type=Duration(), default="60s", show_default=True,
-              help="Keep an unmounted overlay's series this long (at least 10s).")
+              help="Keep an unmounted overlay's series this long (at least 10s: less is raised).")
 @click.option("--bpf-stats", is_flag=True,
               help="Set kernel.bpf_stats_enabled=1 while running (BPF cost per event).")
 @click.option("-d", "--duration", type=Duration(), default=None,
               help="Stop after this long [default: until Ctrl-C].")
 @overlay_option
 @btf_option
+@ebpf_option
 @click.pass_context
 def exporter(ctx, listen, telemetry_path, web_config_file, labels, top_n, pair_limit, series_limit, rank_interval,
-             gone_ttl, bpf_stats, duration, overlays, btf):
+             gone_ttl, bpf_stats, duration, overlays, btf, ebpf):
     """Serve Prometheus metrics: per-container dirtying, writeback, flush
     interference, error leaks and silent losses, plus the exporter's cost."""
+    if ebpf:
+        print_ebpf(btf)
+        return
     from .commands.exporter import run_exporter
     from .views.exporter import ExporterConfig
+    if gone_ttl < MIN_GONE_TTL:
+        say(f"--gone-ttl {gone_ttl:g}s raised to {MIN_GONE_TTL:g}s, the least that outlasts "
+            "an unmount's flush")
+        gone_ttl = MIN_GONE_TTL
     try:
         config = ExporterConfig(tuple(l.strip() for l in labels.split(",") if l.strip()),
-                                top_n, pair_limit, series_limit, rank_interval, max(10.0, gone_ttl))
+                                top_n, pair_limit, series_limit, rank_interval, gone_ttl)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--labels") from None
     sys.exit(run_exporter(options(ctx, btf, overlays), listen, telemetry_path, config, bpf_stats,
                           duration, web_config_file))
 
 
+MIN_GONE_TTL = 10.0
+
+
 def print_ebpf(btf):
     from .probes import Probes
     click.echo(Probes(btf).source())
+
+
+GLOBAL_OPTIONS = ("--hooks", "--version")
+
+
+def usage_hint(e: click.UsageError) -> str:
+    """Where to look next: the command's help, the global option's place."""
+    msg = e.format_message()
+    if e.ctx is None or e.ctx.parent is None:
+        return " (see 'ovltrace --help')"
+    name = e.ctx.info_name
+    for opt in GLOBAL_OPTIONS:
+        if f"No such option: {opt}" in msg or f"No such option '{opt}'" in msg:
+            return f" ({opt} goes before the command: 'ovltrace {opt} ... {name}')"
+    return f" (see 'ovltrace {name} --help')"
 
 
 def main(argv=None) -> int:
@@ -341,8 +389,7 @@ def main(argv=None) -> int:
         cli.main(args=argv, prog_name="ovltrace", standalone_mode=False)
         return 0
     except click.UsageError as e:
-        hint = f" (see 'ovltrace {e.ctx.info_name} --help')" if e.ctx and e.ctx.parent else ""
-        say(f"error: {e.format_message()}{hint}")
+        say(f"error: {e.format_message()}{usage_hint(e)}")
         return 2
     except click.Abort:
         say("aborted")

@@ -69,8 +69,12 @@ def facts(btf: str | None = None) -> list[tuple[str, str, bool]]:
     hdrs = f"/lib/modules/{rel}/build"
     out.append(("kernel headers", "installed (not needed)" if os.path.isdir(hdrs)
                 else "absent (not needed: ovltrace builds its own tree from BTF)", True))
-    has_tracefs = os.path.isdir(os.path.join(TRACEFS, "events"))
-    out.append(("tracefs", TRACEFS if has_tracefs else "not mounted (ovltrace mounts it)", True))
+    if os.path.isdir(TRACEFS) and not os.access(TRACEFS, os.R_OK | os.X_OK):
+        out.append(("tracefs", f"{TRACEFS}: not readable by this user (root reads it)", True))
+    else:
+        has_tracefs = os.path.isdir(os.path.join(TRACEFS, "events"))
+        out.append(("tracefs", TRACEFS if has_tracefs else "not mounted (ovltrace mounts it)",
+                    True))
     why = kprobes_available()
     out.append(("kprobes", f"not available: {why}" if why else "available", True))
     why = fentry_available()
@@ -91,7 +95,14 @@ def run_doctor(opts: TraceOptions) -> int:
     for what, state, good in facts(opts.btf):
         ok &= good
         print(f"  {what:<18} {state}")
-    can_trace = tracing_refusal() is None
+    refusal = tracing_refusal()
+    can_trace = refusal is None
+    if not can_trace:
+        # privileges first: without them this user cannot read tracefs or
+        # load a program, so nothing below could judge the kernel
+        print()
+        print(f"verdict: run as root first: {refusal}")
+        return 1
     if can_trace:
         try:
             ensure_tracefs()
