@@ -9,9 +9,12 @@
 #                KERNELS="6.1" for fewer)
 PY        ?= /usr/bin/python3
 VENV      := .venv
-APT_RUN   := python3-bpfcc bpftool linux-libc-dev python3-venv python3-pip \
+# running: bcc, the uapi headers bcc compiles with, the venv, the web
+# config's YAML and bcrypt, and what the demo's sandbox mounts with
+APT_RUN   := python3-bpfcc linux-libc-dev python3-venv python3-pip \
              python3-yaml python3-bcrypt e2fsprogs xfsprogs util-linux
-APT_TEST  := openssl mmdebstrap uidmap containerd systemd tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
+# testing and benchmarking only
+APT_TEST  := bpftool openssl mmdebstrap uidmap containerd systemd tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
 APT_VM    := qemu-system-x86 kmod
 # the kernels test-vm boots (Debian's, fetched into a cache, never installed)
 KERNELS   ?= 5.10 6.1 6.12
