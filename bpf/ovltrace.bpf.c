@@ -50,11 +50,12 @@ BPF_ARRAY(icache, struct icache_ent, ICACHE_SIZE);           /* ICACHE_SIZE: a p
  * answer holds only while the dentry still has the same directory (inode
  * pointer, number and generation: a removed directory whose dentry, inode
  * and number are reused differs in generation), no directory can have
- * moved (rename_seq: every rename syscall that succeeds bumps it), the set
- * of overlays is the same (epoch) and the owner's slot lives.  Never
+ * moved (rename_seq: every rename syscall that succeeds bumps it) and the
+ * owner's slot lives ("outside any overlay": the set of overlays is the
+ * same, the epoch).  Never
  * workdir answers (copy-up moves temp dirs out of it inside the kernel,
- * with no syscall), never while mounts are unsettled, and only while the
- * renames hook is attached (CFG_DIR_CACHE). */
+ * with no syscall), no "outside any overlay" answer while mounts are
+ * unsettled, and only while the renames hook is attached (CFG_DIR_CACHE). */
 struct dcache_ent { u64 dentry; u64 inode; u64 ino; u64 rseq; u32 igen; u32 slot; u32 gen;
                     u32 role; u32 epoch; u32 dev; u64 check; };
 BPF_ARRAY(dcache, struct dcache_ent, DCACHE_SIZE);           /* DCACHE_SIZE: a power of 2 */
@@ -254,7 +255,7 @@ struct inode_span { u64 w[INODE_SPAN_LEN / 8]; };     /* 8-byte aligned span */
  * number `dino`, generation `igen`; igen_known 0: read it if needed) into
  * *o, if its answer still holds. */
 static __always_inline int dcache_get(u64 dentry, u64 dinode, u64 dino, u32 igen, int igen_known,
-                                      u64 rseq, u32 epoch, struct owner *o)
+                                      u64 rseq, u32 epoch, int unsettled, struct owner *o)
 {
 	u32 idx = dcache_index(dentry);
 	struct dcache_ent *c = dcache.lookup(&idx);
@@ -262,13 +263,18 @@ static __always_inline int dcache_get(u64 dentry, u64 dinode, u64 dino, u32 igen
 		return 0;
 	struct dcache_ent ce = *c;    /* one copy, checked and used */
 	if (ce.dentry != dentry || ce.inode != dinode || ce.ino != dino || ce.rseq != rseq ||
-	    ce.epoch != epoch || ce.check != dcache_check(&ce))
+	    ce.check != dcache_check(&ce))
 		return 0;
 	if (!igen_known)
 		KREAD(igen, dinode, inode_i_generation);
 	if (ce.igen != igen)
 		return 0;
-	if (ce.role != ROLE_FS && !slot_alive(ce.slot, ce.gen))
+	/* as in icache: an overlay's answer holds while its slot lives (mounts
+	 * and unmounts elsewhere, ten a second on a busy host, leave it be);
+	 * "outside any overlay" only while the set of overlays is the same,
+	 * and not while a mount is unsettled (the file may be a new overlay's:
+	 * the walk keeps it as an orphan) */
+	if (ce.role != ROLE_FS ? !slot_alive(ce.slot, ce.gen) : ce.epoch != epoch || unsettled)
 		return 0;
 	o->slot = ce.slot;
 	o->gen = ce.gen;
@@ -296,7 +302,7 @@ static __always_inline void dcache_put(u64 dentry, u64 dinode, u64 dino, u64 rse
 /* A file's owner from its directory's cached answer: no superblock
  * filter, no walk.  Five reads: the file's dentry, its parent, the
  * parent's inode and that inode's number and generation. */
-static __always_inline int parent_answer(void *inode, u32 epoch, struct owner *o,
+static __always_inline int parent_answer(void *inode, u32 epoch, int unsettled, struct owner *o,
                                          struct inode_span *sp)   /* scratch: stack is short */
 {
 	u64 rseq = kstate_get(KS_RENAME_SEQ);
@@ -322,7 +328,7 @@ static __always_inline int parent_answer(void *inode, u32 epoch, struct owner *o
 	int known = 1;
 	SPAN_GET(pgen, *sp, inode_i_generation);
 #endif
-	return dcache_get(parent, pinode, pino, pgen, known, rseq, epoch, o);
+	return dcache_get(parent, pinode, pino, pgen, known, rseq, epoch, unsettled, o);
 }
 
 /* The orphan record of `inode` (made from the walk in *w when new), or 0. */
@@ -415,8 +421,8 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	u32 mode;
 	SPAN_GET(mode, sp, inode_i_mode);
 	SPAN_GET(sb, sp, inode_i_sb);          /* before sp is reused */
-	if ((mode & 0170000) != 0040000 && dir_cache_on() && !mounts_unsettled() &&
-	    parent_answer(inode, epoch, o, &sp)) {
+	if ((mode & 0170000) != 0040000 && dir_cache_on() &&
+	    parent_answer(inode, epoch, mounts_unsettled(), o, &sp)) {
 		count(CNT_CACHE_MISS);
 		count(CNT_DIR_CACHE_HITS);
 		if (c)
@@ -472,21 +478,26 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 		return fs != 0;                    /* unattributed, not cached */
 	}
 	u32 zero = 0;
-	struct orphan_val *w = unsettled ? orphan_scratch.lookup(&zero) : 0;
+	/* looked up unconditionally and null-checked at once: with a lookup
+	 * only while unsettled, LLVM hoists &w->anc out of the loop above its
+	 * null check, which the 6.1 verifier refuses */
+	struct orphan_val *w = orphan_scratch.lookup(&zero);
+	if (!w)
+		return fs != 0;                    /* cannot happen: a per-CPU array's slot 0 */
 	void *dentry = (void *)(first - OFF_dentry_d_alias);
 	u64 dino = ino, dinode = (u64)inode;
 	int found = 0;
 	u32 levels = 0;
 	struct dir_key dk = { .dev = dev };
 	/* read before the walk: a rename that ends during it voids what it finds */
-	int dc_on = !unsettled && dir_cache_on();
+	int dc_on = dir_cache_on();
 	u64 rseq = dc_on ? kstate_get(KS_RENAME_SEQ) : 0;
 	u64 parent_dentry = 0, parent_inode = 0, parent_ino = 0;
 	int dc_hit = 0;
 	for (int i = 0; i < OVL_MAX_DEPTH; i++) {
 		dk.ino = dino;
 		levels = i + 1;
-		if (w)
+		if (unsettled)
 			w->anc[i & (ORPHAN_ANC - 1)] = dino;
 		if (i > 0 && dc_on) {
 			if (i == 1) {
@@ -494,7 +505,7 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 				parent_inode = dinode;
 				parent_ino = dino;
 			}
-			if (dcache_get((u64)dentry, dinode, dino, 0, 0, rseq, epoch, o)) {
+			if (dcache_get((u64)dentry, dinode, dino, 0, 0, rseq, epoch, unsettled, o)) {
 				count(CNT_DIR_CACHE_HITS);
 				found = 1;
 				dc_hit = i;
@@ -526,7 +537,7 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 		count(CNT_WALK_TOO_DEEP);
 		return fs != 0;
 	}
-	if (found == 2 && w) {
+	if (found == 2 && unsettled) {
 		w->dev = dev;
 		w->levels = levels;
 		struct orphan_val *ov = orphan_of(key, ino, w);
@@ -545,9 +556,10 @@ static __always_inline int ovl_resolve(void *inode, struct owner *o)
 	 * don't cache the workdir answer. */
 	if (o->role != ROLE_WORK && c)
 		icache_put(c, key, ino, igen, o->slot, o->gen, o->role, dev);
-	/* the parent's answer, for its next new file (found == 2 here is
-	 * "outside any overlay": settled, so no orphan) */
-	if (dc_on && parent_dentry && dc_hit != 1 && o->role != ROLE_WORK && o->role != ROLE_ORPHAN)
+	/* the parent's answer, for its next new file; "outside any overlay"
+	 * only once every mount is settled */
+	if (dc_on && parent_dentry && dc_hit != 1 && o->role != ROLE_WORK && o->role != ROLE_ORPHAN &&
+	    !(o->role == ROLE_FS && unsettled))
 		dcache_put(parent_dentry, parent_inode, parent_ino, rseq, epoch, o);
 	return 1;
 }

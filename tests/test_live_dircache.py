@@ -59,8 +59,10 @@ def test_a_moved_directory_takes_its_new_owner(sandbox):
     assert (rb["bytes_dirtied"], rb["inodes_dirtied"]) == (7 * 4 * KiB, 7)
     # (its inode count also holds the directories the host changed there)
     assert outside(rep, sandbox.upper_dev)["bytes_dirtied"] == 3 * 4 * KiB
-    # the files after the first of each directory were answered by the cache
-    assert rep["self"]["dir_cache_hits"] >= 4 + 2 + 6 + 1, rep["self"]
+    # the cache was used (a host-wide count: any rename on the host voids
+    # every answer, so only "some" is certain; the exact bytes above are
+    # what the test is about)
+    assert rep["self"]["dir_cache_hits"] >= 1, rep["self"]
 
 
 # The rmdir/mkdir sequence as it happens: ext4 hands the removed
@@ -112,7 +114,7 @@ def test_a_reused_directory_is_not_the_old_one(sandbox):
     ra, rb = by_mountpoint(rep, a.mountpoint), by_mountpoint(rep, b.mountpoint)
     # bytes only: the inode counts also hold the directories made and removed
     assert (ra["bytes_dirtied"], rb["bytes_dirtied"]) == (3 * 4 * KiB, 4 * 4 * KiB)
-    assert rep["self"]["dir_cache_hits"] >= 2 + 3, rep["self"]
+    assert rep["self"]["dir_cache_hits"] >= 1, rep["self"]
 
 
 M64 = (1 << 64) - 1
@@ -134,16 +136,19 @@ def test_a_stale_directory_answer_is_refused(sandbox):
     a, b = sandbox.add_overlay("a"), sandbox.add_overlay("b")
     os.makedirs(f"{b.mountpoint}/dir")
     dir_ino = os.stat(f"{b.upperdir}/dir").st_ino
+    major, minor = (int(x) for x in sandbox.upper_dev.split(":"))
+    kdev = major << 20 | minor                   # the kernel's dev_t, as the maps hold it
     with Session() as s:
         s.start()
         for _ in range(10):
             s.step(0.1)
         table = s.probes.bpf["dcache"]
         dirs = s.probes.bpf["dirs"]
-        [a_ref] = [v for k, v in dirs.items()
-                   if k.ino == os.stat(a.upperdir).st_ino and v.role == bpfdefs.ROLE_UPPER]
+        [a_ref] = [v for k, v in dirs.items() if k.dev == kdev
+                   and k.ino == os.stat(a.upperdir).st_ino and v.role == bpfdefs.ROLE_UPPER]
         new_files(f"{b.mountpoint}/dir", "first", 1)            # caches dir -> B
-        [(idx, entry)] = [(k.value, v) for k, v in table.items() if v.ino == dir_ino]
+        found = [(k.value, v) for k, v in table.items() if v.dev == kdev and v.ino == dir_ino]
+        [(idx, entry)] = found
         assert entry.role == bpfdefs.ROLE_UPPER and entry.slot != a_ref.slot
 
         def forge(**off) -> None:
