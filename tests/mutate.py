@@ -78,7 +78,7 @@ MUTANTS = [
            "            m[1] += s.seconds", "            m[1] += f.duration",
            ["tests/test_exporter.py", "tests/test_one_truth_live.py"]),
     Mutant("no orphan is kept while a mount is unsettled", "bpf/ovltrace.bpf.c",
-           "if (found == 2 && w) {", "if (found == 2 && w && 0) {",
+           "if (found == 2 && unsettled) {", "if (found == 2 && unsettled && 0) {",
            ["tests/test_live_instant.py::test_the_new_mount_api_too"]),
     Mutant("an orphan no overlay claims is dropped", "ovltrace/session.py",
            "owner = fs.key if fs is not None else None", "owner = None",
