@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 MADV_DONTNEED = 4
 COMPILER_LIBS = ("/libLLVM", "/libclang")
 
 
+@functools.cache
 def _libc():
+    # once: find_library runs ldconfig in a subprocess, and trim() runs every 10 s
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
