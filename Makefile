@@ -13,14 +13,23 @@ VENV      := .venv
 # config's YAML and bcrypt, and what the demo's sandbox mounts with
 APT_RUN   := python3-bpfcc linux-libc-dev python3-venv python3-pip \
              python3-yaml python3-bcrypt e2fsprogs xfsprogs util-linux
-# testing and benchmarking only
-APT_TEST  := bpftool openssl mmdebstrap uidmap containerd systemd tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
+# testing and benchmarking only (the first three: the distro libraries
+# `make install` uses, so its test installs nothing)
+APT_TEST  := python3-click python3-tabulate python3-prometheus-client bpftool openssl mmdebstrap uidmap containerd systemd tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
 APT_VM    := qemu-system-x86 kmod
+# make install: the package and its BPF sources under LIBDIR, a launcher in
+# PREFIX/bin (the path the systemd unit runs), the unit in UNITDIR; the
+# Python libraries come from the distro (no pip, no venv, as in the image)
+PREFIX    ?= /usr/local
+LIBDIR    ?= /opt/ovltrace
+UNITDIR   ?= /etc/systemd/system
+APT_INSTALL := python3 python3-bpfcc linux-libc-dev python3-click python3-tabulate \
+             python3-prometheus-client python3-yaml python3-bcrypt
 # the kernels test-vm boots (Debian's, fetched into a cache, never installed)
 KERNELS   ?= 5.10 6.1 6.12
 export KERNELS
 
-.PHONY: setup setup-test setup-vm demo image test test-host test-vm mutate soak bench clean root
+.PHONY: setup setup-test setup-vm install uninstall demo docs image test test-host test-vm mutate soak bench clean root
 
 # everything here mounts filesystems or loads BPF: say so once, plainly
 root:
@@ -52,6 +61,27 @@ setup-vm: setup
 	$(call apt_missing,$(APT_VM))
 	@$(VENV)/bin/vng --version >/dev/null 2>&1 || $(VENV)/bin/pip install -q virtme-ng
 
+install: root
+	$(call apt_missing,$(APT_INSTALL))
+	rm -rf $(LIBDIR)/ovltrace $(LIBDIR)/bpf
+	install -d $(LIBDIR) $(PREFIX)/bin $(UNITDIR)
+	cp -r ovltrace bpf $(LIBDIR)/
+	find $(LIBDIR) -name __pycache__ -prune -exec rm -rf {} +
+	@# -I: neither the caller's directory nor PYTHONPATH can shadow the package
+	printf '#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, "%s")\nfrom ovltrace.cli import main\nsys.exit(main())\n' \
+	  '$(LIBDIR)' > $(PREFIX)/bin/ovltrace
+	chmod 755 $(PREFIX)/bin/ovltrace
+	sed 's|/usr/local/bin/ovltrace|$(PREFIX)/bin/ovltrace|' deploy/ovltrace-exporter.service \
+	  > $(UNITDIR)/ovltrace-exporter.service
+	@[ -d /run/systemd/system ] && systemctl daemon-reload || true
+	@$(PREFIX)/bin/ovltrace --version
+	@echo "installed $(PREFIX)/bin/ovltrace; start the exporter: systemctl enable --now ovltrace-exporter"
+
+uninstall: root
+	@[ -d /run/systemd/system ] && systemctl disable --now ovltrace-exporter 2>/dev/null || true
+	rm -rf $(LIBDIR) $(PREFIX)/bin/ovltrace $(UNITDIR)/ovltrace-exporter.service
+	@[ -d /run/systemd/system ] && systemctl daemon-reload || true
+
 demo: setup
 	$(VENV)/bin/ovltrace demo
 
@@ -61,7 +91,17 @@ image: root
 	$(call apt_missing,podman mmdebstrap)
 	deploy/build-image
 
-test: test-host mutate soak test-vm
+# and proves it left the host's kernels alone (test-vm boots cached ones)
+test: root
+	@tests/boot-fingerprint > .boot-before
+	$(MAKE) test-host mutate soak test-vm
+	@tests/boot-fingerprint | diff -u .boot-before - >&2 \
+	  || { echo "make test: /boot or the installed kernel packages changed"; exit 1; }
+	@rm -f .boot-before
+
+# docs/metrics.md, from the metric table (a test fails when it is stale)
+docs: setup
+	$(VENV)/bin/python -m ovltrace.views.metrics > docs/metrics.md
 
 test-host: setup-test
 	$(VENV)/bin/python -m pytest tests

@@ -31,7 +31,7 @@ Examples:
   ovltrace doctor                       # what this kernel allows, hooks used
   ovltrace mounts                       # overlays, upper fs, containers
   ovltrace audit --duration 30s         # who dirties, who flushes whom
-  ovltrace audit -d 10s --format json   # the same as JSON (schema v1)
+  ovltrace audit -d 10s --format json   # the same as JSON (schema v2)
   ovltrace demo                         # sandbox containers + live audit
 """
 
@@ -43,7 +43,7 @@ Examples:
               help="auto: per hook fentry, else kprobe, else tracepoint; functions: fail "
                    "unless function hooks attach; fentry, kprobes: every function hook on "
                    "that mechanism only, or fail (a hook it cannot reach on this kernel for "
-                   "a documented reason is off, see doctor); tracepoints: tracepoint path "
+                   "a documented reason uses its tracepoint stand-in, see doctor); tracepoints: tracepoint path "
                    "only [env OVLTRACE_HOOKS; default auto]. Example: ovltrace --hooks "
                    "tracepoints audit")
 @click.pass_context
@@ -97,7 +97,7 @@ def mounts(fmt, overlays):
 @cli.command(epilog="""\b
 Examples:
   ovltrace audit                         # trace 10s, print a table
-  ovltrace audit -d 1m --format json     # one minute, JSON (schema v1)
+  ovltrace audit -d 1m --format json     # one minute, JSON (schema v2)
   ovltrace audit --overlay /var/lib/docker/overlay2/ID/merged
   ovltrace audit --ebpf                  # print the BPF program
   ovltrace audit --from rec.jsonl.gz -o report.html     # offline HTML page
@@ -304,7 +304,7 @@ Examples:
   ovltrace exporter --web.listen-address :19435   # all interfaces
   ovltrace exporter --top-n 20 --labels container,pod,namespace,device
   ovltrace exporter --bpf-stats                 # + BPF cost per event
-  ovltrace exporter --web.config.file web.yml   # TLS, basic auth (README)
+  ovltrace exporter --web.config.file web.yml   # TLS, basic auth (docs/exporter.md)
   curl -s localhost:19435/metrics | grep ^ovltrace_overlay_dirtied
 """)
 @click.option("--web.listen-address", "listen", default=f"localhost:{DEFAULT_PORT}",
@@ -313,7 +313,7 @@ Examples:
 @click.option("--web.telemetry-path", "telemetry_path", default="/metrics", show_default=True,
               metavar="PATH", help="Path of the metrics page.")
 @click.option("--web.config.file", "web_config_file", metavar="FILE",
-              help="TLS and basic auth, in exporter-toolkit's format (README: Securing the "
+              help="TLS and basic auth, in exporter-toolkit's format (docs/exporter.md: Securing the "
                    "exporter).")
 @click.option("--labels", default="container,container_id,pod,namespace,runtime,mountpoint,device",
               show_default=True, metavar="LIST",

@@ -41,7 +41,8 @@ def build(n: int = 4, inject_errors: bool = False, big_lower_mb: int = 32) -> De
     """Mount the sandbox containers (no workload yet)."""
     try:
         if inject_errors:
-            # writes past the tmpfs size fail at writeback (KERNEL-NOTES).
+            # writes past the tmpfs size fail at writeback: the loop device's
+            # backing file cannot grow, so the block I/O fails with EIO.
             # The upper fs is the error-leak one (no journal, errors=continue):
             # the error writer's failed metadata sets the error the next
             # syncfs of ANY overlay returns, so the syncer is handed it every

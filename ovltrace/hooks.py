@@ -71,7 +71,7 @@ class Unreachable(AttachError):
 def known_limit(mech: str, function: str, module: str | None,
                 module_btf: bool = True) -> str | None:
     """Why `mech` cannot reach `function` here, if that is a documented
-    limit (README "Hooks"); None otherwise.  `module_btf`: the function's
+    limit (docs/kernels.md); None otherwise.  `module_btf`: the function's
     module has BTF, so the hook can read that module's structs.  Pure."""
     if module and not module_btf:
         return (f"{function} is in module {module}, which has no BTF here (module BTF "

@@ -3,7 +3,7 @@ process itself (/proc/self/status), so it runs with the least set a
 DaemonSet or a systemd unit grants (deploy/), and says which one is
 missing instead of failing somewhere inside bcc.
 
-Measured (README: Privileges): uid 0 with CAP_BPF, CAP_PERFMON,
+Measured (docs/deploy.md: Privileges): uid 0 with CAP_BPF, CAP_PERFMON,
 CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH runs every hook mechanism on 5.10
 to 6.18, given two things of the host: kernel.perf_event_paranoid at most
 2 (Debian and Ubuntu default to 3, where their kernels ask CAP_SYS_ADMIN
@@ -110,9 +110,9 @@ def tracing_refusal(host: Host | None = None, have: set[str] | None = None) -> s
         if lack and not need.without:
             if i == 0:
                 return (f"tracing needs {' and '.join(lack)} (missing; run as root, or grant "
-                        f"{', '.join(need.caps)}: see README, Privileges)")
+                        f"{', '.join(need.caps)}: see docs/deploy.md, Privileges)")
             return (f"tracing needs {' and '.join(lack)} here to {need.what.split(':')[0]} "
-                    f"(missing; grant it, {need.fix}: see README, Privileges)")
+                    f"(missing; grant it, {need.fix}: see docs/deploy.md, Privileges)")
     return None
 
 

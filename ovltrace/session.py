@@ -27,7 +27,8 @@ DIRTY_MAX_AGE = 300.0   # an inode "dirty" longer than this was deleted while di
 TRIM_INTERVAL = 10.0     # glibc's free heap is given back this often (long-running views)
 RECORD_RETENTION = 120.0  # flushes/errors kept by long-running views: scrape more often than this
 ORPHAN_WAIT = 10.0      # a flush or error naming an undecided orphan waits this long at most
-ORPHAN_OWNERS_KEPT = 65536
+ORPHAN_OWNERS_KEPT = 65536   # a hard cap; entries normally go ORPHAN_OWNER_GRACE after
+ORPHAN_OWNER_GRACE = 120.0   # an orphan left the map: events queued before that may name it
 RESOLVE_LATE = 120.0    # how long an overlay's container is looked for again (see _resolve_late)
 UNPLACED_WAIT = 10.0    # a new-API mount not moved into place by then is given up
 
@@ -85,7 +86,7 @@ class Session:
         self.t0 = time.monotonic()
         self.model = self._new_model()
         self.watched: dict[int, _Watched] = {}          # slot -> live or grace
-        self.by_slotgen: dict[tuple[int, int], str] = {}  # every (slot, gen) ever -> key
+        self.by_slotgen: dict[tuple[int, int], str] = {}  # (slot, gen) -> key, while the model knows it
         self.upper: dict[int, _Watched] = {}             # upper kernel dev -> its fs slot
         self.ovl_by_dev: dict[int, _Watched] = {}         # overlay kernel dev -> watched
         self.pending: list[_PendingFlush] = []
@@ -103,6 +104,7 @@ class Session:
         self.settler = Settler()
         self.carry: dict[str, Counters] = {}     # key -> orphans' counters charged to it
         self.orphan_owner: OrderedDict = OrderedDict()   # (ORPHAN_SLOT, id) -> key
+        self._orphan_left: OrderedDict = OrderedDict()   # (ORPHAN_SLOT, id) -> when it left the map
         self.orphans_waiting = 0                 # orphans left undecided by the last sample
         self._deciding: dict[tuple[int, int], _Deciding] = {}   # orphan key -> its owner
         self._pending: dict[str, Counters] = {}  # key -> its deciding orphans' counters
@@ -324,6 +326,7 @@ class Session:
                     # needed until views have consumed them
                     self.model.prune(self.now() - self.retention,
                                      self.now() - min(self.retention, RECORD_RETENTION))
+                    self._forget_ids()
         self.probes.settle(self.settler.advance(self.probes.mounts_begun(), time.monotonic()))
         if time.monotonic() - self._last_sample >= self.sample_interval:
             sample = self._read_sample(final=False)
@@ -521,6 +524,7 @@ class Session:
                 # there is (an orphan made anew under the key is decided anew)
                 self.carry[d.owner] = self._with_carry(d.owner, d.counters)
                 del self._deciding[k]
+                self._orphans_left([d.id])
                 if d.marked:
                     done.append(k)
                 continue
@@ -528,10 +532,31 @@ class Session:
             if d.marked or force or self._owner_done(d.owner, o.counters == d.counters):
                 self.carry[d.owner] = self._with_carry(d.owner, o.counters)
                 del self._deciding[k]
+                self._orphans_left([d.id])
                 done.append(k)
             else:
                 d.counters = o.counters
         self.probes.drop_orphans(done)
+
+    def _orphans_left(self, ids) -> None:
+        now = self.now()
+        for i in ids:
+            self._orphan_left[(bpfdefs.ORPHAN_SLOT, i)] = now
+
+    def _forget_ids(self) -> None:
+        """Long-running views: forget the (slot, gen) of overlays the model
+        has forgotten, and orphans' owners a while after they left the map
+        (no event can name them any more), so churn costs no memory."""
+        metas = self.model.metas
+        for sg in [sg for sg, key in self.by_slotgen.items() if key not in metas]:
+            del self.by_slotgen[sg]
+        before = self.now() - ORPHAN_OWNER_GRACE
+        while self._orphan_left:
+            sg, t = next(iter(self._orphan_left.items()))
+            if t >= before:
+                break
+            del self._orphan_left[sg]
+            self.orphan_owner.pop(sg, None)
 
     def _owner_done(self, owner: str, still: bool) -> bool:
         """May an unmarked orphan be dropped?  An overlay without a slot

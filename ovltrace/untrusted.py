@@ -16,8 +16,8 @@ the edge of every output that interprets text:
               image, tag or code span appears
   html_text() HTML reports: visible(), then HTML-escaped
   label()     Prometheus label values: visible(), cut to LABEL_MAX with a
-              visible marker (the client library escapes quotes and
-              backslashes itself)
+              visible marker (views/exposition.py escapes quotes,
+              backslashes and newlines when it writes the text format)
 """
 from __future__ import annotations
 

@@ -153,6 +153,14 @@ MUTANTS = [
            "                model.release(view.cursor)",
            "                model.release(self._cursor)",
            ["tests/test_exporter.py::test_the_sole_reader_releases_what_it_consumed"]),
+    Mutant("every (slot, gen) kept forever", "ovltrace/session.py",
+           "        for sg in [sg for sg, key in self.by_slotgen.items() if key not in metas]:",
+           "        for sg in [sg for sg, key in self.by_slotgen.items() if key is None]:",
+           ["tests/test_session_adopt.py::test_churn_leaves_no_ids_behind"]),
+    Mutant("orphans' owners forgotten too early", "ovltrace/session.py",
+           "            if t >= before:\n                break",
+           "            if t > before + ORPHAN_OWNER_GRACE:\n                break",
+           ["tests/test_session_adopt.py::test_churn_leaves_no_ids_behind"]),
 ]
 
 

@@ -19,8 +19,8 @@ def btf():
     return BTF.load(VMLINUX)
 
 
-def test_offsets_match_kernel_notes(btf):
-    # KERNEL-NOTES measured these on 6.18; members move between kernels,
+def test_offsets_are_found_and_pointer_sized(btf):
+    # members move between kernels (6.18 was checked by hand with pahole),
     # so only check they are found, consistent and pointer-sized.
     off, size = btf.offset("inode", "i_sb")
     assert size == 8 and off % 8 == 0

@@ -110,11 +110,11 @@ def test_refusals_name_the_capability_and_the_fix():
     from ovltrace.privileges import tracing_refusal
     assert tracing_refusal(Host((6, 1)), {"CAP_BPF"}) == (
         "tracing needs CAP_PERFMON (missing; run as root, or grant CAP_BPF, CAP_PERFMON: "
-        "see README, Privileges)")
+        "see docs/deploy.md, Privileges)")
     assert tracing_refusal(Host((6, 1)), {"CAP_SYS_ADMIN"}) is None
     assert tracing_refusal(Host((6, 1), paranoid=3), {"CAP_BPF", "CAP_PERFMON"}) == (
         "tracing needs CAP_SYS_ADMIN here to open perf events (syscall tracepoints, kprobes) "
-        "(missing; grant it, or sysctl kernel.perf_event_paranoid=2: see README, Privileges)")
+        "(missing; grant it, or sysctl kernel.perf_event_paranoid=2: see docs/deploy.md, Privileges)")
     assert tracing_refusal(Host((5, 10), 2, False), {"CAP_BPF", "CAP_PERFMON"}).startswith(
         "tracing needs CAP_SYS_RESOURCE here to raise RLIMIT_MEMLOCK for BPF maps (charged "
         "against it before 5.11) (missing;")

@@ -1,4 +1,4 @@
-"""Writeback errors for real (KERNEL-NOTES scenario, made deterministic in
+"""Writeback errors for real (a full loop-backed upper fs, made deterministic in
 workloads.error_leak_scenario): B loses data at writeback, A's syncfs is
 handed the EIO, B is told nothing until it fsyncs."""
 from __future__ import annotations

@@ -90,6 +90,6 @@ def test_least_capabilities_name_it_and_dac_read_search_is_why(rootless):
     rows = row(audit_json([], write(2), prefix=setpriv(caps - {"CAP_DAC_READ_SEARCH"})))
     # still listed (the mount table is the kernel's), but neither named nor
     # counted: its upperdir cannot be looked up, and the upperdir's inode is
-    # what the kernel side attributes by (README, Privileges)
+    # what the kernel side attributes by (docs/deploy.md, Privileges)
     assert len(rows) == 1 and rows[0]["container"] is None, rows
     assert rows[0]["bytes_dirtied"] == 0

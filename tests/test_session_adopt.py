@@ -117,3 +117,32 @@ def test_a_live_overlay_is_linked_to_its_mount():
     assert len(overlays_listed(s)) == 1
     (w,) = [w for w in s.watched.values() if w.ov is not None]
     assert w.mounted_ns == start
+
+
+def test_churn_leaves_no_ids_behind():
+    """A long-running view forgets the (slot, gen) of overlays the model
+    forgot, and an orphan's owner ORPHAN_OWNER_GRACE after the orphan left
+    the map; what is still live stays."""
+    from ovltrace import bpfdefs
+    from ovltrace.session import ORPHAN_OWNER_GRACE
+    s = session()
+    live = overlay("0:50")
+    s._apply([live], [])
+    for i in range(100):
+        ov = overlay(f"0:{100 + i}")
+        s._apply([ov], [])
+        s.model.gone(s.by_slotgen[max(s.by_slotgen)], s.now())
+    assert len(s.by_slotgen) == 102                  # the upper fs, live, 100 gone
+    s.model.prune(s.now() + 1)
+    s._forget_ids()
+    assert sorted(s.model.metas) == sorted(s.by_slotgen.values())
+    assert len(s.by_slotgen) == 2
+    # orphans: owners named, two of them left the map, one long ago
+    for i in (1, 2, 3):
+        s.orphan_owner[(bpfdefs.ORPHAN_SLOT, i)] = "o2.1"
+    s._orphans_left([1])
+    s.t0 -= ORPHAN_OWNER_GRACE + 1                   # 121 s later
+    s._orphans_left([2])
+    s._forget_ids()
+    assert list(s.orphan_owner) == [(bpfdefs.ORPHAN_SLOT, 2), (bpfdefs.ORPHAN_SLOT, 3)]
+    assert s._key_of(bpfdefs.ORPHAN_SLOT, 2) == "o2.1"

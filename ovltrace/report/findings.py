@@ -23,7 +23,7 @@ def _f(fid, severity, containers, title, detail, advice, **evidence) -> dict:
 
 
 # How each runtime stops its container starts and stops from syncing the
-# upper fs, and what that trades (README "Container starts and stops").
+# upper fs, and what that trades (docs/lifecycle.md).
 VOLATILE_TRADE = ("the trade: after a host crash (not a clean stop) the containers' "
                   "writable layers may be corrupt and must be thrown away, which "
                   "throw-away containers can afford")

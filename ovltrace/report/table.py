@@ -38,7 +38,7 @@ def sections(rep: dict, fmt: str = "simple", width: int = 14) -> list[tuple[str,
             for o in sorted(rep["overlays"], key=lambda o: -o["bytes_dirtied"])]
     out.append(("Per container (* = unmounted during the window; WAITED = its flushes' time "
                 "spent on other containers' data, MADEWAIT = the time others' flushes spent on "
-                "its data; see 'What is measured')",
+                "its data)",
                 _t(rows, ["CONTAINER", "DIRTIED", "WRITTEN", "COPYUP", "SYNCFS", "WBERR",
                           "WAITED", "MADEWAIT"], fmt) if rows else "(no overlays)"))
     fs = [[u["upper_dev"], u.get("fstype") or "-", _tail(u["mountpoint"], 2 * width - 12), len(u["overlay_names"]),

@@ -38,7 +38,7 @@ from ..format import errno_name, short_name
 from ..model import Cursor, Delta, Model
 from ..untrusted import label
 from .metrics import (COPY_UP_BUCKETS, DEFAULT_LABELS, DURATION_BUCKETS, FAMILIES, OTHER,
-                      OVERLAY_LABELS, PAIR_LABELS)
+                      OVERLAY_LABELS, PAIR_LABELS, label_names)
 
 
 @dataclass
@@ -421,22 +421,20 @@ class OverlayCollector:
 
     def _families(self, view: Delta | None) -> list:
         out = _Budget(self.config.series_limit)
-        labels = list(self.config.labels)
-        fam = _fam_factory(out)
+        fam = _fam_factory(out, self.config.labels)
         self._self_families(view, fam)
 
         # per upper filesystem
-        fl = ["device", "mountpoint", "fstype", "scope"]
-        fs_fams = [fam("ovltrace_upperfs_dirtied_bytes_total", fl),
-                   fam("ovltrace_upperfs_written_back_bytes_total", fl),
-                   fam("ovltrace_upperfs_writeback_errors_total", fl)]
+        fs_fams = [fam("ovltrace_upperfs_dirtied_bytes_total"),
+                   fam("ovltrace_upperfs_written_back_bytes_total"),
+                   fam("ovltrace_upperfs_writeback_errors_total")]
         for (dev, scope), c in sorted(self.fs_acc.items()):
             mp, fstype = self.fs_info.get(dev, ("", ""))
             lv = [self._device(dev), mp, fstype, scope]
             out.add(fs_fams[0], lv, c.bytes_dirtied)
             out.add(fs_fams[1], lv, c.bytes_written_back)
             out.add(fs_fams[2], lv, c.writeback_errors)
-        n_fs = fam("ovltrace_upperfs_overlays", ["device", "mountpoint", "fstype"])
+        n_fs = fam("ovltrace_upperfs_overlays")
         per_dev: dict[str, int] = {}
         for key, s in self.seen.items():
             m = self.metas.get(key)
@@ -451,10 +449,10 @@ class OverlayCollector:
         for d in COUNTERS:
             if d.metric is None:
                 continue
-            f = fam(d.metric, labels)
+            f = fam(d.metric)
             for ls, c in order:
                 out.add(f, list(ls), getattr(c, d.name) * d.scale)
-        h = fam("ovltrace_overlay_copy_up_duration_seconds", labels)
+        h = fam("ovltrace_overlay_copy_up_duration_seconds")
         for ls, c in order:
             if any(c.copy_up_latency):       # function hooks only: no empty histograms
                 cum, acc = [], 0
@@ -472,111 +470,106 @@ class OverlayCollector:
             ls = self.labelset(key)
             dirty[ls] = dirty.get(ls, 0) + self.dirty.get(key, 0)
             unreported[ls] = unreported.get(ls, 0) + s.unreported
-        f = fam("ovltrace_overlay_dirty_inodes", labels)
+        f = fam("ovltrace_overlay_dirty_inodes")
         for ls, n in sorted(dirty.items()):
             out.add(f, list(ls), n)
-        f = fam("ovltrace_overlay_unreported_writeback_errors", labels)
+        f = fam("ovltrace_overlay_unreported_writeback_errors")
         for ls, n in sorted(unreported.items()):
             out.add(f, list(ls), n)
-        f = fam("ovltrace_overlay_writeback_errors_total", labels + ["errno"])
+        f = fam("ovltrace_overlay_writeback_errors_total")
         for (ls, e), n in sorted(self.wb_err.items()):
             out.add(f, list(ls) + [e], n)
-        f = fam("ovltrace_overlay_errors_returned_total", labels + ["call", "errno"])
+        f = fam("ovltrace_overlay_errors_returned_total")
         for (ls, call, e), n in sorted(self.returned.items()):
             out.add(f, list(ls) + [call, e], n)
 
         # per flush caller
-        cl = labels + ["comm", "kind"]
-        h = fam("ovltrace_flush_duration_seconds", cl)
+        h = fam("ovltrace_flush_duration_seconds")
         for (caller, kind), (buckets, total, count) in sorted(self.hist.items()):
             out.add_histogram(h, list(caller) + [kind], _cumulative(buckets, count), total)
-        f = fam("ovltrace_flush_errors_total", cl + ["errno"])
+        f = fam("ovltrace_flush_errors_total")
         for (caller, kind, e), n in sorted(self.flush_err.items()):
             out.add(f, list(caller) + [kind, e], n)
-        h = fam("ovltrace_lifecycle_flush_duration_seconds", ["runtime", "step"])
+        h = fam("ovltrace_lifecycle_flush_duration_seconds")
         for k, (buckets, total, count) in sorted(self.lc_hist.items()):
             out.add_histogram(h, list(k), _cumulative(buckets, count), total)
-        lb = fam("ovltrace_lifecycle_others_written_back_bytes_total", ["runtime", "step"])
-        ls_ = fam("ovltrace_lifecycle_others_stall_seconds_total", ["runtime", "step"])
+        lb = fam("ovltrace_lifecycle_others_written_back_bytes_total")
+        ls_ = fam("ovltrace_lifecycle_others_stall_seconds_total")
         for k, (b, secs) in sorted(self.lc_others.items()):
             out.add(lb, list(k), b)
             out.add(ls_, list(k), secs)
-        fb = fam("ovltrace_flush_others_written_back_bytes_total", cl)
-        fs = fam("ovltrace_flush_others_stall_seconds_total", cl)
+        fb = fam("ovltrace_flush_others_written_back_bytes_total")
+        fs = fam("ovltrace_flush_others_stall_seconds_total")
         for (caller, kind), (b, secs) in sorted(self.others.items()):
             out.add(fb, list(caller) + [kind], b)
             out.add(fs, list(caller) + [kind], secs)
-        fo = fam("ovltrace_flush_own_written_back_bytes_total", cl)
+        fo = fam("ovltrace_flush_own_written_back_bytes_total")
         for (caller, kind), b in sorted(self.own.items()):
             out.add(fo, list(caller) + [kind], b)
 
         # the interference matrix and error leaks
-        pl = [l for l in PAIR_LABELS if l in labels]
-        ml = ([f"caller_{l}" for l in pl] + ["caller_comm"] + [f"victim_{l}" for l in pl]
-              + ["device", "kind", "runtime", "step"])
-        mb = fam("ovltrace_interference_written_back_bytes_total", ml)
-        ms = fam("ovltrace_interference_stall_seconds_total", ml)
-        mn = fam("ovltrace_interference_flushes_total", ml)
+        mb = fam("ovltrace_interference_written_back_bytes_total")
+        ms = fam("ovltrace_interference_stall_seconds_total")
+        mn = fam("ovltrace_interference_flushes_total")
         for (c, v, *rest), (b, secs, n) in sorted(self.matrix.items(), key=lambda kv: -kv[1][0]):
             lv = list(c) + list(v) + rest
             out.add(mb, lv, b)
             out.add(ms, lv, secs)
             out.add(mn, lv, n)
-        ll = [f"victim_{l}" for l in pl] + [f"source_{l}" for l in pl] + ["device", "errno"]
-        f = fam("ovltrace_error_leaks_total", ll)
+        f = fam("ovltrace_error_leaks_total")
         for (v, s, dev, e), n in sorted(self.leaks.items()):
             out.add(f, list(v) + list(s) + [dev, e], n)
 
         if out.dropped:
             self.series_dropped += out.dropped
-        f = fam("ovltrace_exporter_series_dropped_total", [])
+        f = fam("ovltrace_exporter_series_dropped_total")
         out.add(f, [], self.series_dropped, force=True)
         return out.families
 
     def _self_families(self, view: Delta | None, fam) -> None:
         out = fam.budget
         st = view.self_stats if view else {}
-        f = fam("ovltrace_exporter_start_time_seconds", [])
+        f = fam("ovltrace_exporter_start_time_seconds")
         out.add(f, [], self.started, force=True)
-        f = fam("ovltrace_exporter_hook_info", ["hook", "mechanism"])
+        f = fam("ovltrace_exporter_hook_info")
         for hk in (view.hooks if view else []):
             out.add(f, [hk.get("name", "?"), hk.get("mechanism") or "none"], 1, force=True)
-        f = fam("ovltrace_exporter_dropped_events_total", ["channel"])
+        f = fam("ovltrace_exporter_dropped_events_total")
         out.add(f, ["flushes"], st.get("events_dropped", 0), force=True)
         out.add(f, ["writeback_errors"], st.get("error_events_dropped", 0), force=True)
-        f = fam("ovltrace_exporter_inode_cache_lookups_total", ["result"])
+        f = fam("ovltrace_exporter_inode_cache_lookups_total")
         out.add(f, ["miss"], st.get("cache_misses", 0), force=True)
-        f = fam("ovltrace_exporter_directory_cache_hits_total", [])
+        f = fam("ovltrace_exporter_directory_cache_hits_total")
         out.add(f, [], st.get("dir_cache_hits", 0), force=True)
-        f = fam("ovltrace_exporter_attribution_failures_total", ["reason"])
+        f = fam("ovltrace_exporter_attribution_failures_total")
         out.add(f, ["walk_too_deep"], st.get("walk_too_deep", 0), force=True)
         out.add(f, ["no_dentry"], st.get("walk_no_dentry", 0), force=True)
-        f = fam("ovltrace_exporter_map_full_total", [])
+        f = fam("ovltrace_exporter_map_full_total")
         out.add(f, [], st.get("map_full", 0), force=True)
-        fe = fam("ovltrace_exporter_bpf_map_entries", ["map"])
-        fc = fam("ovltrace_exporter_bpf_map_max_entries", ["map"])
+        fe = fam("ovltrace_exporter_bpf_map_entries")
+        fc = fam("ovltrace_exporter_bpf_map_max_entries")
         for name, d in sorted((st.get("map_fill") or {}).items()):
             out.add(fe, [name], d.get("entries", 0), force=True)
             out.add(fc, [name], d.get("capacity", 0), force=True)
-        f = fam("ovltrace_exporter_slots_exhausted_total", [])
+        f = fam("ovltrace_exporter_slots_exhausted_total")
         out.add(f, [], st.get("slots_exhausted", 0), force=True)
-        f = fam("ovltrace_exporter_overlays", ["export"])
+        f = fam("ovltrace_exporter_overlays")
         own = sum(1 for k, s in self.seen.items() if s.own)
         folded = sum(1 for k, s in self.seen.items()
                      if not s.own and k in self.metas and self.metas[k].kind == "overlay")
         out.add(f, ["own"], own, force=True)
         out.add(f, ["other"], folded, force=True)
-        f = fam("ovltrace_exporter_refresh_duration_seconds", [])
+        f = fam("ovltrace_exporter_refresh_duration_seconds")
         out.add(f, [], st.get("refresh_seconds", 0.0), force=True)
-        f = fam("ovltrace_exporter_collect_duration_seconds", [])
+        f = fam("ovltrace_exporter_collect_duration_seconds")
         out.add(f, [], self.last_collect_seconds, force=True)
         enabled, progs = self.bpf_programs() if self.bpf_programs else (False, {})
-        f = fam("ovltrace_exporter_bpf_stats_enabled", [])
+        f = fam("ovltrace_exporter_bpf_stats_enabled")
         out.add(f, [], 1 if enabled else 0, force=True)
         if progs:
-            fr = fam("ovltrace_exporter_bpf_program_run_seconds_total", ["program"])
-            fn = fam("ovltrace_exporter_bpf_program_runs_total", ["program"])
-            fm = fam("ovltrace_exporter_bpf_program_recursion_misses_total", ["program"])
+            fr = fam("ovltrace_exporter_bpf_program_run_seconds_total")
+            fn = fam("ovltrace_exporter_bpf_program_runs_total")
+            fm = fam("ovltrace_exporter_bpf_program_recursion_misses_total")
             for name, (ns, cnt, misses) in sorted(progs.items()):
                 out.add(fm, [name], misses, force=True)
                 out.add(fr, [name], ns / 1e9, force=True)
@@ -630,12 +623,12 @@ class _Budget:
         fam.add_metric(values, buckets, total)
 
 
-def _fam_factory(budget: _Budget):
-    def fam(name: str, labels: list[str]):
+def _fam_factory(budget: _Budget, overlay_labels: tuple[str, ...]):
+    def fam(name: str):
         kind, help_ = FAMILIES[name]
         cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
                "histogram": HistogramMetricFamily}[kind]
-        f = cls(name, help_, labels=labels)
+        f = cls(name, help_, labels=label_names(name, overlay_labels))
         budget.families.append(f)
         return f
     fam.budget = budget

@@ -131,6 +131,73 @@ FAMILIES: dict[str, tuple[str, str]] = {
 }
 
 
+# Each family's label names, in the order the exporter fills them.
+# "{overlay}" stands for the overlay labels --labels selects (all of
+# OVERLAY_LABELS by default); "{caller}", "{victim}" and "{source}" for the
+# selected PAIR_LABELS with that prefix.  The collector builds its families
+# from this table and docs/metrics.md is generated from it.
+_FLUSH = ("{overlay}", "comm", "kind")
+_LIFECYCLE = ("runtime", "step")
+_PAIR = ("{caller}", "caller_comm", "{victim}", "device", "kind", "runtime", "step")
+_UPPERFS = ("device", "mountpoint", "fstype", "scope")
+LABELS: dict[str, tuple[str, ...]] = {
+    **{d.metric: ("{overlay}",) for d in COUNTERS if d.metric},
+    "ovltrace_overlay_copy_up_duration_seconds": ("{overlay}",),
+    "ovltrace_overlay_dirty_inodes": ("{overlay}",),
+    "ovltrace_overlay_writeback_errors_total": ("{overlay}", "errno"),
+    "ovltrace_overlay_errors_returned_total": ("{overlay}", "call", "errno"),
+    "ovltrace_overlay_unreported_writeback_errors": ("{overlay}",),
+    "ovltrace_flush_duration_seconds": _FLUSH,
+    "ovltrace_flush_errors_total": _FLUSH + ("errno",),
+    "ovltrace_flush_others_written_back_bytes_total": _FLUSH,
+    "ovltrace_flush_others_stall_seconds_total": _FLUSH,
+    "ovltrace_flush_own_written_back_bytes_total": _FLUSH,
+    "ovltrace_lifecycle_flush_duration_seconds": _LIFECYCLE,
+    "ovltrace_lifecycle_others_written_back_bytes_total": _LIFECYCLE,
+    "ovltrace_lifecycle_others_stall_seconds_total": _LIFECYCLE,
+    "ovltrace_interference_written_back_bytes_total": _PAIR,
+    "ovltrace_interference_stall_seconds_total": _PAIR,
+    "ovltrace_interference_flushes_total": _PAIR,
+    "ovltrace_error_leaks_total": ("{victim}", "{source}", "device", "errno"),
+    "ovltrace_upperfs_dirtied_bytes_total": _UPPERFS,
+    "ovltrace_upperfs_written_back_bytes_total": _UPPERFS,
+    "ovltrace_upperfs_writeback_errors_total": _UPPERFS,
+    "ovltrace_upperfs_overlays": ("device", "mountpoint", "fstype"),
+    "ovltrace_exporter_start_time_seconds": (),
+    "ovltrace_exporter_hook_info": ("hook", "mechanism"),
+    "ovltrace_exporter_dropped_events_total": ("channel",),
+    "ovltrace_exporter_inode_cache_lookups_total": ("result",),
+    "ovltrace_exporter_directory_cache_hits_total": (),
+    "ovltrace_exporter_attribution_failures_total": ("reason",),
+    "ovltrace_exporter_map_full_total": (),
+    "ovltrace_exporter_bpf_map_entries": ("map",),
+    "ovltrace_exporter_bpf_map_max_entries": ("map",),
+    "ovltrace_exporter_slots_exhausted_total": (),
+    "ovltrace_exporter_overlays": ("export",),
+    "ovltrace_exporter_series_dropped_total": (),
+    "ovltrace_exporter_refresh_duration_seconds": (),
+    "ovltrace_exporter_collect_duration_seconds": (),
+    "ovltrace_exporter_bpf_stats_enabled": (),
+    "ovltrace_exporter_bpf_program_run_seconds_total": ("program",),
+    "ovltrace_exporter_bpf_program_recursion_misses_total": ("program",),
+    "ovltrace_exporter_bpf_program_runs_total": ("program",),
+}
+
+
+def label_names(name: str, overlay: tuple[str, ...] = OVERLAY_LABELS) -> list[str]:
+    """The label names of family `name` when --labels selects `overlay`."""
+    pair = [l for l in PAIR_LABELS if l in overlay]
+    out: list[str] = []
+    for item in LABELS[name]:
+        if item == "{overlay}":
+            out += overlay
+        elif item.startswith("{"):
+            out += [f"{item[1:-1]}_{l}" for l in pair]
+        else:
+            out.append(item)
+    return out
+
+
 def served_names() -> set[str]:
     """Every sample name the exporter can produce (histograms expand)."""
     out = set()
@@ -140,3 +207,84 @@ def served_names() -> set[str]:
         else:
             out.add(name)
     return out
+
+
+# ---- the metric reference (docs/metrics.md is this function's output) -----
+
+LABEL_HELP = {
+    "container": "the runtime's container name; for an overlay no runtime claims, the "
+                 "distinctive part of its mountpoint; `other` for the folded overlays",
+    "container_id": "the runtime's container ID",
+    "pod": "Kubernetes pod (CRI labels), else empty",
+    "namespace": "Kubernetes namespace, else empty",
+    "runtime": "docker, containerd, podman, cri-o, ... (empty: no runtime claims it)",
+    "mountpoint": "where the overlay (or the upper filesystem) is mounted",
+    "device": "the upper filesystem's mount source, as node_exporter's `device`",
+    "comm": "the calling process's name, for a flush no container is blamed for",
+    "kind": "syncfs, sync or umount",
+    "step": "create, unpack or stop: the container lifecycle step a flush belonged to",
+    "errno": "EIO, ENOSPC, ...",
+    "call": "syncfs, fsync or fdatasync",
+    "scope": "overlays or outside (data on the upper filesystem no overlay owns)",
+    "fstype": "the upper filesystem's type",
+    "hook": "an ovltrace hook (`ovltrace doctor` lists them)",
+    "mechanism": "fentry, kprobe, tracepoint, or none (unavailable on this kernel)",
+    "channel": "the ring buffer that dropped events: flushes or writeback_errors",
+    "result": "an inode-cache lookup's result (miss: a dentry walk followed)",
+    "reason": "why an upper inode could not be attributed",
+    "map": "a BPF map's name",
+    "export": "own (its own series) or other (folded into `container=\"other\"`)",
+    "program": "an ovltrace BPF program's name",
+}
+
+_SECTIONS = (
+    ("ovltrace_overlay_", "Per overlay (a container's root filesystem)"),
+    ("ovltrace_flush_", "Per flush caller"),
+    ("ovltrace_lifecycle_", "Container starts and stops"),
+    ("ovltrace_interference_", "Who flushes whose data (caller, victim pairs)"),
+    ("ovltrace_error_", "Errors handed to the wrong container"),
+    ("ovltrace_upperfs_", "Per upper filesystem (complete totals)"),
+    ("ovltrace_exporter_", "The exporter itself"),
+)
+
+
+def _shown_labels(name: str) -> str:
+    out = []
+    for item in LABELS[name]:
+        if item == "{overlay}":
+            out.append("*overlay labels*")
+        elif item.startswith("{"):
+            out.append(f"`{item[1:-1]}_*`")
+        else:
+            out.append(f"`{item}`")
+    return ", ".join(out)
+
+
+def reference() -> str:
+    """The metric reference in Markdown, from FAMILIES and LABELS."""
+    cell = lambda t: t.replace("|", "\\|")  # noqa: E731
+    lines = [
+        "# Metric reference",
+        "",
+        "Generated from `ovltrace/views/metrics.py` (`make docs`); a test fails",
+        "when this file and the exporter differ.",
+        "",
+        "*Overlay labels* are " + ", ".join(f"`{l}`" for l in OVERLAY_LABELS)
+        + " (`--labels` keeps a subset; `container` and `device` always stay).",
+        "Pair families carry the " + ", ".join(f"`{l}`" for l in PAIR_LABELS)
+        + " of both sides, prefixed `caller_`/`victim_` or `victim_`/`source_`.",
+        "",
+        "| label | meaning |",
+        "|---|---|",
+        *(f"| `{l}` | {cell(h)} |" for l, h in LABEL_HELP.items()),
+    ]
+    for prefix, title in _SECTIONS:
+        lines += ["", f"## {title}", "", "| metric | type | labels | meaning |", "|---|---|---|---|"]
+        for name, (kind, help_) in FAMILIES.items():
+            if name.startswith(prefix):
+                lines.append(f"| `{name}` | {kind} | {_shown_labels(name)} | {cell(help_)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

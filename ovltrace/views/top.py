@@ -441,8 +441,8 @@ def _matrix(data: TopData, width: int, height: int):
 
 def _errors(data: TopData, width: int, height: int):
     log = data.errlog or ErrorLog([], [], [])
-    lines = ["Errors since the start: leaks (an error handed to an overlay whose own",
-             "data was fine), silent losses, then the log, newest first"]
+    lines = ["Errors: leaks (an error handed to an overlay whose own data was fine)",
+             "and silent losses, then the log, newest first (live: the last 2 minutes)"]
     styles: dict[int, str] = {}
     for text in log.leaks + log.losses:
         lines.append(_fit("  " + text, width))
