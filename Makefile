@@ -12,10 +12,11 @@ VENV      := .venv
 # running: bcc, the uapi headers bcc compiles with, the venv, the web
 # config's YAML and bcrypt, and what the demo's sandbox mounts with
 APT_RUN   := python3-bpfcc linux-libc-dev python3-venv python3-pip \
-             python3-yaml python3-bcrypt e2fsprogs xfsprogs util-linux
+             python3-yaml python3-bcrypt e2fsprogs util-linux
 # testing and benchmarking only (the first three: the distro libraries
-# `make install` uses, so its test installs nothing)
-APT_TEST  := python3-click python3-tabulate python3-prometheus-client bpftool openssl mmdebstrap uidmap containerd systemd tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
+# `make install` uses, so its test installs nothing; xfsprogs: the xfs
+# upper fs tests; groff-base: the man pages' check)
+APT_TEST  := python3-click python3-tabulate python3-prometheus-client xfsprogs groff-base bpftool openssl mmdebstrap uidmap containerd systemd tmux bpftrace busybox-static docker.io podman runc prometheus chromium python3-yaml python3-jsonschema
 APT_VM    := qemu-system-x86 kmod
 # make install: the package and its BPF sources under LIBDIR, a launcher in
 # PREFIX/bin (the path the systemd unit runs), the unit in UNITDIR; the
@@ -23,6 +24,7 @@ APT_VM    := qemu-system-x86 kmod
 PREFIX    ?= /usr/local
 LIBDIR    ?= /opt/ovltrace
 UNITDIR   ?= /etc/systemd/system
+MANDIR    ?= $(PREFIX)/share/man
 APT_INSTALL := python3 python3-bpfcc linux-libc-dev python3-click python3-tabulate \
              python3-prometheus-client python3-yaml python3-bcrypt
 # the kernels test-vm boots (Debian's, fetched into a cache, never installed)
@@ -64,8 +66,9 @@ setup-vm: setup
 install: root
 	$(call apt_missing,$(APT_INSTALL))
 	rm -rf $(LIBDIR)/ovltrace $(LIBDIR)/bpf
-	install -d $(LIBDIR) $(PREFIX)/bin $(UNITDIR)
+	install -d $(LIBDIR) $(PREFIX)/bin $(UNITDIR) $(MANDIR)/man8
 	cp -r ovltrace bpf $(LIBDIR)/
+	install -m 644 man/*.8 $(MANDIR)/man8/
 	find $(LIBDIR) -name __pycache__ -prune -exec rm -rf {} +
 	@# -I: neither the caller's directory nor PYTHONPATH can shadow the package
 	printf '#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, "%s")\nfrom ovltrace.cli import main\nsys.exit(main())\n' \
@@ -80,6 +83,7 @@ install: root
 uninstall: root
 	@[ -d /run/systemd/system ] && systemctl disable --now ovltrace-exporter 2>/dev/null || true
 	rm -rf $(LIBDIR) $(PREFIX)/bin/ovltrace $(UNITDIR)/ovltrace-exporter.service
+	rm -f $(MANDIR)/man8/ovltrace.8 $(MANDIR)/man8/ovltrace-*.8
 	@[ -d /run/systemd/system ] && systemctl daemon-reload || true
 
 demo: setup
@@ -99,9 +103,11 @@ test: root
 	  || { echo "make test: /boot or the installed kernel packages changed"; exit 1; }
 	@rm -f .boot-before
 
-# docs/metrics.md, from the metric table (a test fails when it is stale)
+# docs/metrics.md from the metric table, man/*.8 from the click
+# definitions (a test fails when either is stale)
 docs: setup
 	$(VENV)/bin/python -m ovltrace.views.metrics > docs/metrics.md
+	$(VENV)/bin/python man/generate
 
 test-host: setup-test
 	$(VENV)/bin/python -m pytest tests

@@ -43,9 +43,9 @@ Examples:
               help="auto: per hook fentry, else kprobe, else tracepoint; functions: fail "
                    "unless function hooks attach; fentry, kprobes: every function hook on "
                    "that mechanism only, or fail (a hook it cannot reach on this kernel for "
-                   "a documented reason uses its tracepoint stand-in, see doctor); tracepoints: tracepoint path "
-                   "only [env OVLTRACE_HOOKS; default auto]. Example: ovltrace --hooks "
-                   "tracepoints audit")
+                   "a documented reason uses its tracepoint stand-in, see doctor); "
+                   "tracepoints: tracepoint path only [env OVLTRACE_HOOKS; default auto]. "
+                   "Example: ovltrace --hooks tracepoints audit")
 @click.pass_context
 def cli(ctx, hooks):
     """See which container dirties, flushes and breaks the overlayfs upper

@@ -17,6 +17,24 @@ def test_metric_reference_is_generated_from_the_table():
         "docs/metrics.md is stale: run `make docs`"
 
 
+def test_man_pages_are_generated_from_the_cli():
+    """Every command has its page, and every option its entry with its
+    help text (not byte for byte: click's formatting of defaults moves
+    between its releases, and `make docs` regenerates the pages)."""
+    from ovltrace.cli import cli
+    pages = sorted(p.name for p in (ROOT / "man").glob("*.8"))
+    assert pages == sorted(["ovltrace.8", *(f"ovltrace-{c}.8" for c in cli.commands)])
+    for page, cmd in [("ovltrace.8", cli), *((f"ovltrace-{n}.8", c) for n, c in cli.commands.items())]:
+        text = " ".join((ROOT / "man" / page).read_text().replace("\\-", "-").split())
+        for p in cmd.params:
+            if getattr(p, "help", None):
+                assert p.opts[-1] in text and " ".join(p.help.split())[:40] in text, (page, p.name)
+    for page in pages:                      # groff's own warnings: none
+        r = subprocess.run(["groff", "-man", "-ww", "-z", "-Tutf8", str(ROOT / "man" / page)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == "", (page, r.stderr)
+
+
 def test_every_family_and_label_is_described():
     assert set(FAMILIES) == set(LABELS)
     text = reference()

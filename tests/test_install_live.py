@@ -114,6 +114,8 @@ def test_uninstall_leaves_nothing(tmp_path):
             "UNITDIR": tmp_path / "systemd"}
     make("install", dirs)
     assert (dirs["LIBDIR"] / "bpf" / "ovltrace.bpf.c").is_file()
+    man = dirs["PREFIX"] / "share" / "man" / "man8"
+    assert sorted(p.name for p in man.iterdir()) == sorted(p.name for p in (ROOT / "man").glob("*.8"))
     assert not list(dirs["LIBDIR"].rglob("__pycache__"))
     make("uninstall", dirs)
     left = [str(p) for p in tmp_path.rglob("*") if p.is_file()]
