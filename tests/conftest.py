@@ -285,6 +285,27 @@ def running_daemon(argv: list[str], is_up):
             proc.wait()
 
 
+def start_exporter(cmd: list[str], timeout: float = 120,
+                   **popen) -> tuple[subprocess.Popen, list[str], bool]:
+    """An exporter started by `cmd` (ovltrace itself, or a container of
+    it), its stderr lines (they keep arriving in that list), and whether it
+    said it serves within `timeout` (the caller asserts that where its
+    cleanup runs)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
+    lines: list[str] = []
+    serving = threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if "serving metrics on" in line:
+                serving.set()
+        serving.set()
+    threading.Thread(target=read, daemon=True).start()
+    return proc, lines, serving.wait(timeout)
+
+
 BUSYBOX_IMAGE = "localhost/ovt-bb:test"      # the image every live container test runs
 
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import (BUSYBOX_IMAGE, ROOT, busybox_docker_archive, free_port, our_bpf_programs,
-                      write_file)
+                      start_exporter, write_file)
 
 pytestmark = pytest.mark.live
 
@@ -122,20 +121,9 @@ def test_the_daemonset_pod_reports_exact_bytes_by_name(image, sandbox, writer):
     args = [x if not x.startswith("--web.listen-address") else
             f"--web.listen-address=127.0.0.1:{port}" for x in args]
     name = f"ovltrace-exporter-{port}"
-    proc = subprocess.Popen([*PODMAN, "--name", name, *opts, image, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    serving = threading.Event()
-
-    def read():
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            if "serving metrics on" in line:
-                serving.set()
-        serving.set()
-    threading.Thread(target=read, daemon=True).start()
+    proc, lines, serving = start_exporter([*PODMAN, "--name", name, *opts, image, *args])
     try:
-        assert serving.wait(120) and proc.poll() is None, "\n".join(lines)
+        assert serving and proc.poll() is None, "\n".join(lines)
         write_file(f"{a.mountpoint}/big", 4 * MiB)
         for i in range(10):
             write_file(f"{b.mountpoint}/small{i}", 4096)

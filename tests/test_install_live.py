@@ -9,13 +9,13 @@ import shlex
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, our_bpf_programs, write_file
+from conftest import ROOT, free_port, our_bpf_programs, start_exporter, write_file
+from test_deploy import unit_caps
 from test_image_live import metrics
 from test_privileges_live import setpriv
 
@@ -75,22 +75,11 @@ def test_the_installed_unit_serves_exact_bytes(installed, sandbox):
     port = free_port()
     argv = [a if not a.startswith("--web.listen-address") else
             f"--web.listen-address=127.0.0.1:{port}" for a in argv]
-    from test_deploy import unit_caps
     a, b = sandbox.add_overlay("a"), sandbox.add_overlay("b")
-    proc = subprocess.Popen([*setpriv(unit_caps("CapabilityBoundingSet")), *argv], cwd="/",
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    serving = threading.Event()
-
-    def read():
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            if "serving metrics on" in line:
-                serving.set()
-        serving.set()
-    threading.Thread(target=read, daemon=True).start()
+    caps = unit_caps("CapabilityBoundingSet")
+    proc, lines, serving = start_exporter([*setpriv(caps), *argv], cwd="/")
     try:
-        assert serving.wait(120) and proc.poll() is None, "\n".join(lines)
+        assert serving and proc.poll() is None, "\n".join(lines)
         write_file(f"{a.mountpoint}/big", 2 * MiB)
         write_file(f"{b.mountpoint}/small", 12288)
         want = {a.mountpoint: 2 * MiB, b.mountpoint: 12288}
