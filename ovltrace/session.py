@@ -524,7 +524,7 @@ class Session:
                 # there is (an orphan made anew under the key is decided anew)
                 self.carry[d.owner] = self._with_carry(d.owner, d.counters)
                 del self._deciding[k]
-                self._orphans_left([d.id])
+                self._orphan_gone(d.id)
                 if d.marked:
                     done.append(k)
                 continue
@@ -532,16 +532,14 @@ class Session:
             if d.marked or force or self._owner_done(d.owner, o.counters == d.counters):
                 self.carry[d.owner] = self._with_carry(d.owner, o.counters)
                 del self._deciding[k]
-                self._orphans_left([d.id])
+                self._orphan_gone(d.id)
                 done.append(k)
             else:
                 d.counters = o.counters
         self.probes.drop_orphans(done)
 
-    def _orphans_left(self, ids) -> None:
-        now = self.now()
-        for i in ids:
-            self._orphan_left[(bpfdefs.ORPHAN_SLOT, i)] = now
+    def _orphan_gone(self, orphan_id: int) -> None:
+        self._orphan_left[(bpfdefs.ORPHAN_SLOT, orphan_id)] = self.now()
 
     def _forget_ids(self) -> None:
         """Long-running views: forget the (slot, gen) of overlays the model

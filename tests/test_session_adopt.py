@@ -140,9 +140,9 @@ def test_churn_leaves_no_ids_behind():
     # orphans: owners named, two of them left the map, one long ago
     for i in (1, 2, 3):
         s.orphan_owner[(bpfdefs.ORPHAN_SLOT, i)] = "o2.1"
-    s._orphans_left([1])
+    s._orphan_gone(1)
     s.t0 -= ORPHAN_OWNER_GRACE + 1                   # 121 s later
-    s._orphans_left([2])
+    s._orphan_gone(2)
     s._forget_ids()
     assert list(s.orphan_owner) == [(bpfdefs.ORPHAN_SLOT, 2), (bpfdefs.ORPHAN_SLOT, 3)]
     assert s._key_of(bpfdefs.ORPHAN_SLOT, 2) == "o2.1"
